@@ -1,0 +1,52 @@
+# One entry point for setting up, running and testing the cluster on a fresh machine.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+GEN := build/gen
+PROTOS := $(wildcard protos/pirm/v1/*.proto)
+STAMP_INSTALL := $(VENV)/.installed
+STAMP_PROTOS := $(GEN)/.generated
+
+.PHONY: setup protos run test lint unit integration clean bench-inference
+
+setup: $(STAMP_INSTALL) $(STAMP_PROTOS)
+
+# The project is installed editable; the generated package `pirm.v1` is mapped to build/gen,
+# so its folder must exist before pip records the mapping.
+$(STAMP_INSTALL): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	mkdir -p $(GEN)/pirm/v1
+	touch $(GEN)/pirm/__init__.py $(GEN)/pirm/v1/__init__.py
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(STAMP_PROTOS): $(PROTOS) $(STAMP_INSTALL)
+	mkdir -p $(GEN)/pirm/v1
+	touch $(GEN)/pirm/__init__.py $(GEN)/pirm/v1/__init__.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos \
+	    --python_out=$(GEN) --grpc_python_out=$(GEN) \
+	    --mypy_out=$(GEN) --mypy_grpc_out=$(GEN) $(PROTOS)
+	touch $@
+
+protos: $(STAMP_PROTOS)
+
+# The main job: start the cluster, evaluate the SRCNN baselines of both tracks, print the leaderboards.
+run: setup
+	$(BIN)/pirm demo
+
+lint: setup
+	$(BIN)/ruff check services tests bench
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: setup
+	$(BIN)/python -m pytest -q tests/integration
+
+clean:
+	rm -rf build var .pytest_cache .mypy_cache .ruff_cache

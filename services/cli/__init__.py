@@ -1,0 +1,1 @@
+"""The `pirm` command line."""

@@ -1,0 +1,128 @@
+"""The three services as local processes, supervised like Kubernetes would: each in its own
+process, a dead one restarted, all stopped together."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.config import DEFAULT_PORTS
+
+log = logging.getLogger(__name__)
+SERVICES = ("inference", "metrics", "scorer")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_serving(target: str, timeout_s: float = 120.0) -> None:
+    """Waits until the server's health service reports SERVING."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{target} did not become SERVING within {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+
+@dataclass
+class LocalCluster:
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    extra_env: dict[str, str] = field(default_factory=dict)
+    restart: bool = True
+    log_dir: Path | None = None  # service logs go there instead of this terminal
+    _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _supervisor: threading.Thread | None = None
+    restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SERVICES, 0))
+
+    def target(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for service in SERVICES:
+            env[f"PIRM_{service.upper()}_HOST"] = "127.0.0.1"
+            env[f"PIRM_{service.upper()}_PORT"] = str(self.ports[service])
+        env["PIRM_INFERENCE_TARGET"] = self.target("inference")
+        env["PIRM_METRICS_TARGET"] = self.target("metrics")
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        for service in SERVICES:
+            self._spawn(service)
+        for service in SERVICES:
+            wait_serving(self.target(service), timeout_s)
+        if self.restart:
+            self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+            self._supervisor.start()
+
+    def _spawn(self, service: str) -> None:
+        output = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - child owns it
+        self._processes[service] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{service}"], env=self.env(),
+            stdout=output, stderr=output,
+        )
+        if output is not None:
+            output.close()
+        log.info("started", extra={"service": service, "pid": self._processes[service].pid})
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(0.5):
+            for service, process in list(self._processes.items()):
+                if process.poll() is not None and not self._stopping.is_set():
+                    log.warning("service died; restarting",
+                                extra={"service": service, "returncode": process.returncode})
+                    self.restarts[service] += 1
+                    self._spawn(service)
+
+    def pid(self, service: str) -> int:
+        return self._processes[service].pid
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM to all (scorer first, so that it stops taking work), then wait."""
+        self._stopping.set()
+        for service in reversed(SERVICES):
+            process = self._processes.get(service)
+            if process and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for process in self._processes.values():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def wait(self) -> None:
+        """Blocks until SIGTERM/SIGINT, then stops every service."""
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        stop.wait()
+        self.stop()

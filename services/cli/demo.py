@@ -1,0 +1,105 @@
+"""`make run`: start the cluster, evaluate the SRCNN baseline of both tracks, print leaderboards.
+
+Uses the challenge's data and models from PIRM_DATA or ../shared/pirm2018 when present;
+otherwise a generated sample dataset and an SRCNN-shaped graph, so no network is needed."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from services.cli.cluster import LocalCluster, free_port
+from services.cli.main import leaderboard_table, print_progress
+from services.client import ScorerClient, job_summary
+from services.scorer.samples import (
+    BASELINE_FILES,
+    DATASET_FOLDERS,
+    REPO_ROOT,
+    baseline_graph,
+    challenge_data_dir,
+    make_sample_dataset,
+)
+from services.scorer.scoring import Track
+
+STATE = REPO_ROOT / "var"
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def demo_inputs(data: Path | None) -> tuple[dict[Track, Path], dict[Track, Path], str]:
+    """Per track: the dataset folder and the baseline model file, and where they come from."""
+    data = data or challenge_data_dir()
+    if data is not None and all(
+        (data / "models_pretrained" / BASELINE_FILES[t]).is_file() for t in Track
+    ):
+        datasets = {t: data / DATASET_FOLDERS[t] for t in Track}
+        models = {t: data / "models_pretrained" / BASELINE_FILES[t] for t in Track}
+        return datasets, models, f"challenge data in {data}"
+    samples = STATE / "sample-data"
+    datasets = {t: make_sample_dataset(samples, t) for t in Track}
+    baseline_graph(Track.A, None, STATE)  # writes the SRCNN-shaped graph once
+    models = dict.fromkeys(Track, STATE / "srcnn_shaped.pb")
+    return datasets, models, f"generated samples in {samples} (no challenge data found)"
+
+
+def run_demo(data: Path | None) -> int:
+    datasets, models, origin = demo_inputs(data)
+    _say(f"Evaluating the SRCNN baselines on {origin}")
+    with tempfile.TemporaryDirectory(prefix="pirm-demo-") as tmp:
+        cluster = LocalCluster(
+            ports={s: free_port() for s in ("inference", "metrics", "scorer")},
+            log_dir=STATE / "logs",
+            extra_env={
+                "PIRM_STORE": str(Path(tmp) / "scorer.db"),
+                "PIRM_STATE_DIR": str(STATE),
+                "PIRM_BASELINE_A": str(models[Track.A]),
+                "PIRM_BASELINE_B": str(models[Track.B]),
+            },
+        )
+        _say(f"Starting inference, metrics and scorer (logs in {STATE / 'logs'}) ...")
+        started = time.monotonic()
+        cluster.start()
+        try:
+            return _evaluate(cluster.target("scorer"), datasets, models, started)
+        finally:
+            cluster.stop()
+
+
+def _evaluate(
+    scorer: str, datasets: dict[Track, Path], models: dict[Track, Path], started: float
+) -> int:
+    failed = False
+    with ScorerClient(scorer) as client:
+        for track in Track:
+            job = client.submit(track, models[track], datasets[track],
+                                team="SRCNN baseline", model_name=models[track].name)
+            _say(f"\nTrack {track.value}: job {job.job_id}, {models[track].name} on "
+                 f"{datasets[track]}")
+            for job in client.watch(job.job_id):  # noqa: B020 - the last update is the result
+                print_progress(job)
+            print(file=sys.stderr)
+            s = job_summary(job)
+            if s["state"] != "SUCCEEDED":
+                failed = True
+                _say(f"  {s['state']}: {s.get('error', '')}")
+                continue
+            lo, hi = s["runtime_ci95_ms"]
+            _say(f"  PSNR {s['psnr']:.4f} dB, MS-SSIM {s['msssim']:.6f}, runtime "
+                 f"{s['runtime_ms']:.1f} ms [95% CI {lo:.1f}, {hi:.1f}], baseline "
+                 f"{s['baseline_runtime_ms']:.1f} ms")
+        for track in Track:
+            board = client.leaderboard(track, by="a")
+            rows = [
+                {"rank": e.rank, "team": e.team, "psnr": e.psnr, "msssim": e.msssim,
+                 "runtime_ms": e.runtime_ms, "baseline_runtime_ms": e.baseline_runtime_ms,
+                 "score_a": e.scores.score_a, "score_b": e.scores.score_b,
+                 "score_c": e.scores.score_c}
+                for e in board.entries
+            ]
+            _say("\n" + leaderboard_table(track.value, "a", rows))
+    _say(f"\nDone in {time.monotonic() - started:.0f} s.")
+    return 1 if failed else 0

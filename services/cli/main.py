@@ -1,0 +1,316 @@
+"""`pirm`: run the cluster, submit models, read results, and compute the challenge's figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from services.common.config import env_default
+from services.common.logs import setup_logging
+from services.scorer.scoring import Phase, ScoreInputs, Track, compute_scores
+
+SCORER = "PIRM_SCORER_TARGET"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.run(args)
+    except grpc.RpcError as error:
+        print(f"pirm: {error.code().name}: {error.details()}", file=sys.stderr)
+        code = 2
+    sys.exit(code or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pirm", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start the three services locally (foreground)")
+    up.set_defaults(run=cmd_up)
+
+    serve = commands.add_parser("serve", help="run one service (what a container runs)")
+    serve.add_argument("service", choices=["inference", "metrics", "scorer"])
+    serve.add_argument("args", nargs=argparse.REMAINDER, help="the service's own flags")
+    serve.set_defaults(run=cmd_serve)
+
+    submit = commands.add_parser("submit", help="submit a model for evaluation")
+    _track(submit)
+    submit.add_argument("--model", type=Path, required=True, help="the frozen graph (.pb)")
+    submit.add_argument("--data", type=Path, required=True, help="dataset folder")
+    submit.add_argument("--phase", choices=[p.value for p in Phase], default="validation")
+    submit.add_argument("--mos", type=float, help="final phase: the model's MOS")
+    submit.add_argument("--team", default=env_default("PIRM_TEAM", ""))
+    submit.add_argument("--request-id", default="", help="idempotency key")
+    submit.add_argument("--wait", action="store_true", help="show progress until done")
+    _scorer_and_json(submit)
+    submit.set_defaults(run=cmd_submit)
+
+    status = commands.add_parser("status", help="one job")
+    status.add_argument("job_id")
+    _scorer_and_json(status)
+    status.set_defaults(run=cmd_status)
+
+    jobs = commands.add_parser("jobs", help="all jobs")
+    jobs.add_argument("--team", default="")
+    _scorer_and_json(jobs)
+    jobs.set_defaults(run=cmd_jobs)
+
+    board = commands.add_parser("leaderboard", help="a track's leaderboard")
+    _track(board)
+    board.add_argument("--by", choices=["a", "b", "c"], default="a")
+    board.add_argument("--phase", choices=[p.value for p in Phase], default="validation")
+    _scorer_and_json(board)
+    board.set_defaults(run=cmd_leaderboard)
+
+    score = commands.add_parser("score", help="the scoring formula alone (SPEC section 3)")
+    _track(score)
+    score.add_argument("--psnr", type=float, required=True)
+    quality = score.add_mutually_exclusive_group(required=True)
+    quality.add_argument("--msssim", type=float, help="validation phase")
+    quality.add_argument("--mos", type=float, help="final phase")
+    score.add_argument("--mos-ref", type=float)
+    score.add_argument("--kappa", type=float, default=0.0719)
+    score.add_argument("--runtime-ms", type=float, required=True)
+    score.add_argument("--baseline-runtime-ms", type=float, required=True)
+    score.add_argument("--json", action="store_true")
+    score.set_defaults(run=cmd_score)
+
+    metrics = commands.add_parser("metrics", help="a track's metrics of one (output, target)")
+    _track(metrics)
+    metrics.add_argument("output", type=Path, help=".npy float32 HxWx3 or an 8-bit image")
+    metrics.add_argument("target", type=Path, help="an 8-bit image")
+    metrics.add_argument("--json", action="store_true")
+    metrics.set_defaults(run=cmd_metrics)
+
+    demo = commands.add_parser(
+        "demo", help="start the cluster, evaluate the baselines of both tracks, print leaderboards"
+    )
+    demo.add_argument("--data", type=Path, help="challenge data folder (default: PIRM_DATA, "
+                      "../shared/pirm2018, else generated samples)")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def _track(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--track", choices=["A", "B"], required=True, type=str.upper)
+
+
+def _scorer_and_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scorer", default=env_default(SCORER, "127.0.0.1:50053"),
+                        help=f"scorer host:port (env {SCORER})")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, allow_nan=False))
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from services.cli.cluster import LocalCluster
+
+    setup_logging()
+    cluster = LocalCluster()
+    cluster.start()
+    targets = ", ".join(f"{s} {cluster.target(s)}" for s in ("inference", "metrics", "scorer"))
+    print(f"cluster up: {targets} (Ctrl-C stops)", flush=True)
+    cluster.wait()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"services.{args.service}.server")
+    module.main(args.args)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from services.client import ScorerClient, job_summary
+
+    if not args.model.is_file():
+        print(f"pirm: model file {args.model} does not exist", file=sys.stderr)
+        return 2
+    with ScorerClient(args.scorer) as client:
+        job = client.submit(
+            args.track, args.model, args.data, phase=args.phase, mos=args.mos, team=args.team,
+            request_id=args.request_id,
+        )
+        if args.wait:
+            for job in client.watch(job.job_id):  # noqa: B020 - the last update is the result
+                if not args.json:
+                    print_progress(job)
+            if not args.json:
+                print(file=sys.stderr)
+        summary = job_summary(job)
+    if args.json:
+        _print_json(summary)
+    else:
+        _print_job(summary)
+    return 1 if summary["state"] == "FAILED" else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from services.client import ScorerClient, job_summary
+
+    with ScorerClient(args.scorer) as client:
+        summary = job_summary(client.get(args.job_id))
+    _print_json(summary) if args.json else _print_job(summary)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from services.client import ScorerClient, job_summary
+
+    with ScorerClient(args.scorer) as client:
+        summaries = [job_summary(job) for job in client.jobs(team=args.team)]
+    if args.json:
+        _print_json(summaries)
+        return 0
+    print(f"{'job':12}  {'track':5}  {'state':9}  {'team':16}  {'model':24}  {'PSNR':>7}  "
+          f"{'MS-SSIM':>7}  {'ms':>8}")
+    for s in summaries:
+        print(f"{s['job_id']:12}  {s['track']:5}  {s['state']:9}  {s['team'][:16]:16}  "
+              f"{s['model_name'][:24]:24}  {_fmt(s.get('psnr'), 7, 3)}  "
+              f"{_fmt(s.get('msssim'), 7, 4)}  {_fmt(s.get('runtime_ms'), 8, 1)}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from services.client import ScorerClient
+
+    with ScorerClient(args.scorer) as client:
+        board = client.leaderboard(args.track, by=args.by, phase=args.phase)
+    rows = [
+        {"rank": e.rank, "team": e.team, "model_name": e.model_name, "job_id": e.job_id,
+         "psnr": e.psnr, "msssim": e.msssim, "mos": e.mos if e.HasField("mos") else None,
+         "runtime_ms": e.runtime_ms, "baseline_runtime_ms": e.baseline_runtime_ms,
+         "score_a": e.scores.score_a, "score_b": e.scores.score_b, "score_c": e.scores.score_c}
+        for e in board.entries
+    ]
+    if args.json:
+        _print_json(rows)
+    else:
+        print(leaderboard_table(args.track, args.by, rows))
+    return 0
+
+
+def leaderboard_table(track: str, by: str, rows: list[dict[str, Any]]) -> str:
+    title = f"Track {track} leaderboard, ranked by score {by.upper()}"
+    header = (f"{'#':>2}  {'team':20}  {'PSNR':>7}  {'MS-SSIM':>7}  {'CPU ms':>8}  "
+              f"{'base ms':>8}  {'score A':>8}  {'score B':>8}  {'score C':>8}")
+    lines = [title, header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['rank']:>2}  {r['team'][:20]:20}  {_fmt(r['psnr'], 7, 3)}  "
+            f"{_fmt(r['msssim'], 7, 4)}  {_fmt(r['runtime_ms'], 8, 1)}  "
+            f"{_fmt(r['baseline_runtime_ms'], 8, 1)}  {_fmt(r['score_a'], 8, 2)}  "
+            f"{_fmt(r['score_b'], 8, 2)}  {_fmt(r['score_c'], 8, 2)}"
+        )
+    if not rows:
+        lines.append("(no finished jobs)")
+    return "\n".join(lines)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    phase = Phase.FINAL if args.mos is not None else Phase.VALIDATION
+    inputs = ScoreInputs(
+        track=Track(args.track), phase=phase, psnr=args.psnr,
+        msssim=args.msssim if args.msssim is not None else float("nan"),
+        runtime_ms=args.runtime_ms, baseline_runtime_ms=args.baseline_runtime_ms,
+        mos=args.mos, kappa=args.kappa, mos_ref=args.mos_ref,
+    )
+    scores = compute_scores(inputs)
+    result = {"track": args.track, "phase": phase.value, "score_a": scores.score_a,
+              "score_b": scores.score_b, "score_c": scores.score_c}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"score A {scores.score_a:.4f}   score B {scores.score_b:.4f}   "
+              f"score C {scores.score_c:.4f}")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from services.client import json_number
+    from services.metrics.quality import evaluate_pair
+    from services.scorer.protocol import QUALITY_OPTIONS, crop_to_scale, read_rgb
+
+    track = Track(args.track)
+    target = read_rgb(args.target)
+    if args.output.suffix == ".npy":
+        output = np.load(args.output, allow_pickle=False).astype(np.float32)
+    else:
+        output = read_rgb(args.output).astype(np.float32) / np.float32(255.0)
+    if track is Track.A:
+        target = crop_to_scale(target)  # the model saw the target cropped to multiples of 4
+    quality = evaluate_pair(output, target.astype(np.float32) / np.float32(255.0),
+                            QUALITY_OPTIONS[track])
+    if args.json:
+        _print_json({"track": args.track, "psnr": json_number(quality.psnr),
+                     "msssim": json_number(quality.msssim)})
+    else:
+        print(f"PSNR {quality.psnr:.4f} dB   MS-SSIM {quality.msssim:.6f}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from services.cli.demo import run_demo
+
+    return run_demo(args.data)
+
+
+# -- output -------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, width: int, digits: int) -> str:
+    if value is None or value == "":
+        return " " * (width - 1) + "-"
+    if isinstance(value, str):
+        return f"{value:>{width}}"
+    return f"{value:>{width}.{digits}f}"
+
+
+def print_progress(job: Any) -> None:
+    """One self-overwriting line on stderr: state, bar, images, stage."""
+    from services.client import job_summary
+
+    s = job_summary(job)
+    total = max(s["images_total"], 1)
+    width = 30
+    filled = int(width * s["images_done"] / total)
+    bar = "#" * filled + "." * (width - filled)
+    print(f"\r  {s['job_id']} {s['state']:9} [{bar}] {s['images_done']}/{s['images_total']} "
+          f"{s['stage']:8}", end="", file=sys.stderr, flush=True)
+
+
+def _print_job(s: dict[str, Any]) -> None:
+    print(f"job {s['job_id']}: {s['state']} (track {s['track']}, {s['phase']}, "
+          f"{s['images_done']}/{s['images_total']} images)")
+    if s["state"] == "SUCCEEDED":
+        lo, hi = s["runtime_ci95_ms"]
+        print(f"  PSNR {s['psnr']:.4f} dB   MS-SSIM {s['msssim']:.6f}")
+        print(f"  runtime {s['runtime_ms']:.1f} ms (95% CI {lo:.1f}-{hi:.1f}, {s['runtime_runs']} "
+              f"runs, {s['device']} on {s['node']}); baseline {s['baseline_runtime_ms']:.1f} ms")
+        print(f"  score A {s['score_a']:.3f}   score B {s['score_b']:.3f}   "
+              f"score C {s['score_c']:.3f}")
+    if s.get("error"):
+        print(f"  error: {s['error']}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,129 @@
+"""Python client of the scorer: what the `pirm` CLI and remote teams use."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
+
+from services.common.config import DEFAULT_MAX_MESSAGE_MB
+from services.common.server import open_channel
+from services.scorer.scoring import Phase, Track
+from services.scorer.wire import PHASE_MESSAGES, PHASES, RANK_BY_MESSAGES, TRACK_MESSAGES, TRACKS
+
+
+class ScorerClient:
+    def __init__(self, target: str = "127.0.0.1:50053",
+                 max_message_mb: int = DEFAULT_MAX_MESSAGE_MB, deadline_s: float = 120.0) -> None:
+        self._channel = open_channel(target, max_message_mb)
+        self._stub = scorer_pb2_grpc.ScorerServiceStub(self._channel)
+        self._deadline = deadline_s
+
+    def __enter__(self) -> ScorerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def submit(
+        self,
+        track: Track | str,
+        model: Path | bytes,
+        dataset: Path | str,
+        phase: Phase | str = Phase.VALIDATION,
+        mos: float | None = None,
+        team: str = "",
+        model_name: str = "",
+        request_id: str = "",
+    ) -> scorer_pb2.Job:
+        graph_def = model.read_bytes() if isinstance(model, Path) else model
+        request = scorer_pb2.SubmitJobRequest(
+            track=TRACK_MESSAGES[Track(track)],
+            phase=PHASE_MESSAGES[Phase(phase)],
+            graph_def=graph_def,
+            model_name=model_name or (model.name if isinstance(model, Path) else ""),
+            dataset=str(Path(dataset).resolve()),
+            team=team,
+            request_id=request_id,
+        )
+        if mos is not None:
+            request.mos = mos
+        return self._stub.SubmitJob(request, timeout=self._deadline)
+
+    def get(self, job_id: str) -> scorer_pb2.Job:
+        return self._stub.GetJob(scorer_pb2.GetJobRequest(job_id=job_id), timeout=self._deadline)
+
+    def watch(self, job_id: str, timeout_s: float = 3600.0) -> Iterator[scorer_pb2.Job]:
+        """Yields the job at each change until it is final."""
+        yield from self._stub.WatchJob(scorer_pb2.GetJobRequest(job_id=job_id), timeout=timeout_s)
+
+    def wait(self, job_id: str, timeout_s: float = 3600.0) -> scorer_pb2.Job:
+        job = self.get(job_id)
+        for update in self.watch(job_id, timeout_s):
+            job = update
+        return job
+
+    def jobs(self, team: str = "", track: Track | str | None = None) -> list[scorer_pb2.Job]:
+        request = scorer_pb2.ListJobsRequest(
+            team=team,
+            track=TRACK_MESSAGES[Track(track)] if track else common_pb2.TRACK_UNSPECIFIED,
+        )
+        return list(self._stub.ListJobs(request, timeout=self._deadline).jobs)
+
+    def leaderboard(
+        self, track: Track | str, by: str = "a", phase: Phase | str = Phase.VALIDATION
+    ) -> scorer_pb2.LeaderboardResponse:
+        request = scorer_pb2.LeaderboardRequest(
+            track=TRACK_MESSAGES[Track(track)], by=RANK_BY_MESSAGES[by],
+            phase=PHASE_MESSAGES[Phase(phase)],
+        )
+        return self._stub.Leaderboard(request, timeout=self._deadline)
+
+
+def json_number(value: float) -> float | str:
+    """JSON has no infinity: identical images (PSNR = inf) are written as the string "inf"."""
+    return value if math.isfinite(value) else str(value)
+
+
+def job_summary(job: scorer_pb2.Job) -> dict[str, Any]:
+    """The flat JSON object of `pirm submit/status --json`."""
+    summary: dict[str, Any] = {
+        "job_id": job.job_id,
+        "state": scorer_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_"),
+        "track": TRACKS[job.track].value if job.track in TRACKS else "",
+        "phase": PHASES[job.phase].value,
+        "team": job.team,
+        "model_name": job.model_name,
+        "model_sha256": job.model_sha256,
+        "images_done": job.progress.images_done,
+        "images_total": job.progress.images_total,
+        "stage": job.progress.stage,
+    }
+    if job.state == scorer_pb2.JOB_STATE_SUCCEEDED:
+        r = job.result
+        summary.update(
+            psnr=json_number(r.psnr),
+            msssim=json_number(r.msssim),
+            mos=r.mos if r.HasField("mos") else None,
+            runtime_ms=r.runtime.median_ms,
+            runtime_ci95_ms=[r.runtime.ci95_low_ms, r.runtime.ci95_high_ms],
+            runtime_runs=r.runtime.runs,
+            baseline_runtime_ms=r.baseline_runtime.median_ms,
+            baseline_runtime_ci95_ms=[r.baseline_runtime.ci95_low_ms,
+                                      r.baseline_runtime.ci95_high_ms],
+            device=r.runtime.device,
+            node=r.runtime.node,
+            score_a=r.scores.score_a,
+            score_b=r.scores.score_b,
+            score_c=r.scores.score_c,
+            images=r.images,
+        )
+    if job.error:
+        summary["error"] = job.error
+    return summary

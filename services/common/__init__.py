@@ -1,0 +1,1 @@
+"""What the three services share: configuration, logging, server bootstrap, tensors, errors."""

@@ -1,0 +1,46 @@
+"""Flags whose defaults come from environment variables (mirrored one to one in deploy/k8s)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from typing import Any
+
+MIB = 1024 * 1024
+# An HD float32 image is 1280*720*3*4 = 11 MB; full-size DIV2K images about 33 MB.
+DEFAULT_MAX_MESSAGE_MB = 64
+
+DEFAULT_PORTS = {"inference": 50051, "metrics": 50052, "scorer": 50053}
+
+
+def env_default(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
+    """The value of $name cast like the flag, or the default when it is unset or empty."""
+    raw = os.environ.get(name, "")
+    return cast(raw) if raw else default
+
+
+def add_server_flags(parser: argparse.ArgumentParser, service: str) -> None:
+    """Flags every server has: where it listens, its message limit, its workers, its grace."""
+    prefix = f"PIRM_{service.upper()}"
+    parser.add_argument(
+        "--host", default=env_default(f"{prefix}_HOST", "127.0.0.1"),
+        help=f"address to bind (env {prefix}_HOST)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=env_default(f"{prefix}_PORT", DEFAULT_PORTS[service], int),
+        help=f"port to bind, 0 for any free port (env {prefix}_PORT)",
+    )
+    parser.add_argument(
+        "--max-message-mb", type=int,
+        default=env_default("PIRM_MAX_MESSAGE_MB", DEFAULT_MAX_MESSAGE_MB, int),
+        help="largest gRPC message accepted or sent, in MiB (env PIRM_MAX_MESSAGE_MB)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=env_default(f"{prefix}_WORKERS", 8, int),
+        help=f"gRPC handler threads (env {prefix}_WORKERS)",
+    )
+    parser.add_argument(
+        "--grace-seconds", type=float, default=env_default("PIRM_GRACE_SECONDS", 10.0, float),
+        help="how long in-flight calls may finish after SIGTERM (env PIRM_GRACE_SECONDS)",
+    )

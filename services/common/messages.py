@@ -1,0 +1,32 @@
+"""Conversions of domain records that more than one service sends or receives."""
+
+from __future__ import annotations
+
+from pirm.v1 import common_pb2
+
+from services.inference.timing import DeviceTiming, Timing
+
+_TIMING_FIELDS = tuple(Timing.__dataclass_fields__)
+
+
+def timing_to_proto(measured: DeviceTiming) -> common_pb2.Timing:
+    t = measured.timing
+    return common_pb2.Timing(
+        **{name: getattr(t, name) for name in _TIMING_FIELDS},
+        device=measured.device,
+        intra_op_threads=measured.intra_op_threads,
+        inter_op_threads=measured.inter_op_threads,
+        node=measured.node,
+        input_shape=list(measured.input_shape),
+    )
+
+
+def timing_from_proto(message: common_pb2.Timing) -> DeviceTiming:
+    return DeviceTiming(
+        timing=Timing(**{name: getattr(message, name) for name in _TIMING_FIELDS}),
+        device=message.device,
+        intra_op_threads=message.intra_op_threads,
+        inter_op_threads=message.inter_op_threads,
+        node=message.node,
+        input_shape=tuple(message.input_shape),
+    )

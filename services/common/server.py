@@ -1,0 +1,168 @@
+"""The one server bootstrap of all three services: options, error mapping, health, reflection,
+graceful shutdown. Each service's server.py only says which servicers to register."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.config import MIB
+from services.common.errors import PirmError
+
+log = logging.getLogger(__name__)
+
+
+def message_options(max_message_mb: int) -> list[tuple[str, int]]:
+    """Message limits for servers and channels alike: the 4 MiB default rejects HD images."""
+    limit = max_message_mb * MIB
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+
+
+def open_channel(target: str, max_message_mb: int) -> grpc.Channel:
+    return grpc.insecure_channel(target, options=message_options(max_message_mb))
+
+
+@dataclass
+class ServiceBinding:
+    """A servicer and the function that adds it to a server, under its full proto name."""
+
+    full_name: str
+    add_to_server: Callable[[Any, grpc.Server], None]
+    servicer: Any
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    service_names: list[str]
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    def mark_serving(self) -> None:
+        """Called once the service can really serve (models warm, store open)."""
+        for name in ["", *self.service_names]:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish within `grace` seconds, then release."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        for callback in self.on_stop:
+            callback()
+
+
+def create_server(
+    address: str,
+    bindings: list[ServiceBinding],
+    max_message_mb: int,
+    workers: int = 8,
+) -> RunningServer:
+    """Builds and binds a server (port 0 picks a free one) that is not yet marked SERVING."""
+    options = [
+        *message_options(max_message_mb),
+        # Clients reconnect now and then, so that new replicas receive load.
+        ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+        ("grpc.max_connection_age_grace_ms", 60 * 1000),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers),
+        interceptors=[ErrorInterceptor()],
+        options=options,
+    )
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [b.full_name for b in bindings]
+    for binding in bindings:
+        binding.add_to_server(binding.servicer, server)
+        health_servicer.set(binding.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    server.start()
+    log.info("listening", extra={"address": address, "port": port, "services": names})
+    return RunningServer(server, port, health_servicer, names)
+
+
+def serve_until_signalled(running: RunningServer, grace: float) -> None:
+    """Blocks until SIGTERM/SIGINT, then drains in-flight calls within `grace` seconds."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name, "grace": grace})
+        threading.Thread(target=running.stop, args=(grace,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    running.mark_serving()
+    running.server.wait_for_termination()
+    running._stopped.wait()
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Turns domain errors into their gRPC status, and anything unexpected into INTERNAL."""
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _guard_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _guard_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
+    if isinstance(error, PirmError):
+        context.abort(grpc.StatusCode[error.status], str(error))
+    if context.code() is not None:  # type: ignore[attr-defined]  # aborted by the servicer
+        raise error
+    log.exception("unhandled error", extra={"method": method})
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {error!r}")
+
+
+def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request, context)
+        except Exception as error:  # noqa: BLE001 - every error must become a status
+            _abort(context, error, method)
+
+    return guarded
+
+
+def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Any]:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from behavior(request, context)
+        except Exception as error:  # noqa: BLE001
+            _abort(context, error, method)
+
+    return guarded

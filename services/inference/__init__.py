@@ -1,0 +1,1 @@
+"""The inference service: loads TensorFlow frozen graphs, runs them and times them."""

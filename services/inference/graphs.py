@@ -1,0 +1,143 @@
+"""Reading an untrusted frozen graph: size limit, parsing, op allowlist, tensor names.
+
+Everything here happens before TensorFlow imports the graph, so that a hostile file is
+rejected with a precise message before any of its ops can be instantiated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+from tensorflow.core.framework import graph_pb2
+
+from services.common.errors import InvalidArgument, NotFound
+from services.common.limits import DEFAULT_MAX_MODEL_BYTES, check_model_size
+
+DEFAULT_INPUT = "input:0"
+DEFAULT_OUTPUT = "output:0"
+
+# Pure numerical ops: no file, network, Python or stateful resource access.
+ALLOWED_OPS = frozenset(
+    [
+        "Abs", "Add", "AddN", "AddV2", "ArgMax", "ArgMin", "AvgPool", "BatchMatMul",
+        "BatchMatMulV2", "BatchMatMulV3", "BatchToSpaceND", "BiasAdd", "Cast", "Ceil",
+        "ClipByValue", "Concat", "ConcatV2", "Const", "Conv2D", "Conv2DBackpropInput",
+        "Conv3D", "Cos", "DepthToSpace", "DepthwiseConv2dNative", "Div", "DivNoNan", "Elu",
+        "Equal", "Erf", "Exp", "ExpandDims", "Fill", "Floor", "FloorDiv", "FloorMod",
+        "FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3", "Gather", "GatherNd",
+        "GatherV2", "Greater", "GreaterEqual", "Identity", "IdentityN", "LeakyRelu", "Less",
+        "LessEqual", "Log", "Log1p", "LogicalAnd", "LogicalNot", "LogicalOr", "MatMul",
+        "Max", "MaxPool", "MaxPoolV2", "Maximum", "Mean", "Min", "Minimum", "MirrorPad",
+        "Mul", "Neg", "NoOp", "OnesLike", "Pack", "Pad", "PadV2", "Placeholder",
+        "PlaceholderWithDefault", "Pow", "Prod", "Range", "RealDiv", "Reciprocal", "Relu",
+        "Relu6", "Reshape", "ResizeArea", "ResizeBicubic", "ResizeBilinear",
+        "ResizeNearestNeighbor", "Rsqrt", "Select", "SelectV2", "Selu", "Shape", "Sigmoid",
+        "Sign", "Sin", "Size", "Slice", "Softmax", "Softplus", "Softsign", "SpaceToBatchND",
+        "SpaceToDepth", "Split", "SplitV", "Sqrt", "Square", "SquaredDifference", "Squeeze",
+        "StopGradient", "StridedSlice", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unpack",
+        "ZerosLike",
+    ]
+)
+
+_REPOSITORY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """What we know of a model after validation, before it runs."""
+
+    name: str
+    sha256: str
+    size_bytes: int
+    input_tensor: str
+    output_tensor: str
+    node_count: int
+    ops: tuple[str, ...]
+
+
+def parse_graph(
+    name: str,
+    data: bytes,
+    input_tensor: str = "",
+    output_tensor: str = "",
+    max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+) -> tuple[graph_pb2.GraphDef, GraphSpec]:
+    """Parses and vets a serialized GraphDef; raises InvalidArgument saying what is wrong."""
+    if not name:
+        raise InvalidArgument("a model needs a name")
+    check_model_size(len(data), max_bytes)
+    graph_def = graph_pb2.GraphDef()
+    try:
+        graph_def.ParseFromString(data)
+    except DecodeError as error:
+        raise InvalidArgument(
+            f"model is not a TensorFlow GraphDef (.pb): {error}. Submit a frozen graph "
+            "written with tf.io.write_graph(..., as_text=False)"
+        ) from error
+    if not graph_def.node:
+        raise InvalidArgument(
+            "model is not a TensorFlow frozen graph: it has no nodes. Submit the .pb file "
+            "written with tf.io.write_graph(..., as_text=False)"
+        )
+    check_ops(graph_def)
+    input_tensor = input_tensor or DEFAULT_INPUT
+    output_tensor = output_tensor or DEFAULT_OUTPUT
+    nodes = {node.name for node in graph_def.node}
+    for role, tensor in (("input", input_tensor), ("output", output_tensor)):
+        node_name = tensor.split(":")[0]
+        if node_name not in nodes:
+            raise InvalidArgument(
+                f"model has no {role} tensor {tensor!r}: the graph has no node {node_name!r}. "
+                f"Name the {role} node {node_name!r} or pass the tensor name with the model"
+            )
+    spec = GraphSpec(
+        name=name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        input_tensor=input_tensor,
+        output_tensor=output_tensor,
+        node_count=len(graph_def.node),
+        ops=tuple(sorted({node.op for node in graph_def.node})),
+    )
+    return graph_def, spec
+
+
+def check_ops(graph_def: graph_pb2.GraphDef) -> None:
+    if graph_def.library.function or graph_def.library.gradient:
+        raise InvalidArgument(
+            "model contains a function library; only plain frozen graphs of numerical ops "
+            "are accepted (inline functions before freezing)"
+        )
+    refused = sorted({node.op for node in graph_def.node} - ALLOWED_OPS)
+    if refused:
+        raise InvalidArgument(
+            f"model uses ops that are not allowed: {', '.join(refused)}. Only pure numerical "
+            "ops (convolutions, element-wise maths, activations, resizing, reshaping) may run"
+        )
+
+
+def repository_path(root: Path | None, name: str, version: str) -> Path:
+    """<root>/<name>/<version>/model.pb, the highest numeric version when none is given."""
+    if root is None:
+        raise NotFound("this inference service has no model repository configured")
+    for part in (name, version) if version else (name,):
+        if not _REPOSITORY_PART.match(part):
+            raise InvalidArgument(
+                f"repository model name and version must be simple names, got {part!r}"
+            )
+    model_dir = root / name
+    if not version:
+        versions = sorted(
+            (p.name for p in model_dir.glob("*") if p.name.isdigit()), key=int
+        ) if model_dir.is_dir() else []
+        if not versions:
+            raise NotFound(f"model {name!r} has no numeric version in the repository")
+        version = versions[-1]
+    path = model_dir / version / "model.pb"
+    if not path.is_file():
+        raise NotFound(f"repository has no {name}/{version}/model.pb")
+    return path

@@ -1,0 +1,79 @@
+"""The inference server: bootstrap shared with the other services, plus the TensorFlow engine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from pirm.v1 import inference_pb2, inference_pb2_grpc
+
+from services.common.config import MIB, add_server_flags, env_default
+from services.common.logs import setup_logging
+from services.common.server import (
+    RunningServer,
+    ServiceBinding,
+    serve_until_signalled,
+)
+from services.common.server import (
+    create_server as create_grpc_server,
+)
+from services.inference.engine import Engine, EngineSettings
+from services.inference.servicer import InferenceServicer
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+def create_server(
+    address: str,
+    settings: EngineSettings | None = None,
+    max_message_mb: int = 64,
+    workers: int = 8,
+) -> RunningServer:
+    engine = Engine(settings or EngineSettings())
+    binding = ServiceBinding(
+        SERVICE_NAME, inference_pb2_grpc.add_InferenceServiceServicer_to_server,
+        InferenceServicer(engine),
+    )
+    running = create_grpc_server(address, [binding], max_message_mb, workers)
+    running.on_stop.append(engine.close)
+    running.mark_serving()
+    return running
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="pirm serve inference", description=__doc__)
+    add_server_flags(parser, "inference")
+    parser.add_argument(
+        "--repository", type=Path, default=env_default("PIRM_MODEL_REPOSITORY", None, Path),
+        help="model repository folder <repo>/<name>/<version>/model.pb (env PIRM_MODEL_REPOSITORY)",
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "gpu"], default=env_default("PIRM_DEVICE", "cpu"),
+        help="default device of this node (env PIRM_DEVICE)",
+    )
+    parser.add_argument(
+        "--intra-op-threads", type=int,
+        default=env_default("PIRM_INTRA_OP_THREADS", os.cpu_count() or 1, int),
+        help="TensorFlow intra-op threads, reported with every timing (env PIRM_INTRA_OP_THREADS)",
+    )
+    parser.add_argument(
+        "--inter-op-threads", type=int, default=env_default("PIRM_INTER_OP_THREADS", 1, int),
+        help="TensorFlow inter-op threads (env PIRM_INTER_OP_THREADS)",
+    )
+    parser.add_argument(
+        "--max-model-mb", type=int, default=env_default("PIRM_MAX_MODEL_MB", 100, int),
+        help="largest model file accepted, in MiB (env PIRM_MAX_MODEL_MB)",
+    )
+    args = parser.parse_args(argv)
+    setup_logging()
+    settings = EngineSettings(
+        intra_op_threads=args.intra_op_threads,
+        inter_op_threads=args.inter_op_threads,
+        default_device=args.device,
+        max_model_bytes=args.max_model_mb * MIB,
+        repository=args.repository,
+        node=env_default("PIRM_NODE_NAME", EngineSettings().node),
+    )
+    running = create_server(f"{args.host}:{args.port}", settings, args.max_message_mb, args.workers)
+    serve_until_signalled(running, args.grace_seconds)

@@ -1,0 +1,90 @@
+"""gRPC <-> domain translation for the inference service; the work is in engine.py."""
+
+from __future__ import annotations
+
+import grpc
+from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+from services.common.errors import InvalidArgument
+from services.common.messages import timing_to_proto
+from services.common.tensors import from_tensor, to_tensor
+from services.inference.engine import Engine
+from services.inference.graphs import GraphSpec
+from services.inference.timing import TimingOptions
+
+_DEVICES = {common_pb2.DEVICE_UNSPECIFIED: "", common_pb2.DEVICE_CPU: "cpu",
+            common_pb2.DEVICE_GPU: "gpu"}
+
+
+def model_info(spec: GraphSpec) -> inference_pb2.ModelInfo:
+    return inference_pb2.ModelInfo(
+        name=spec.name,
+        sha256=spec.sha256,
+        size_bytes=spec.size_bytes,
+        input_tensor=spec.input_tensor,
+        output_tensor=spec.output_tensor,
+        node_count=spec.node_count,
+        ops=list(spec.ops),
+    )
+
+
+def timing_options(message: inference_pb2.TimingOptions) -> TimingOptions:
+    """Zero fields keep the service defaults."""
+    defaults = TimingOptions()
+    return TimingOptions(
+        warmup_runs=message.warmup_runs or defaults.warmup_runs,
+        min_runs=message.min_runs or defaults.min_runs,
+        min_seconds=message.min_seconds or defaults.min_seconds,
+        max_runs=message.max_runs or max(defaults.max_runs, message.min_runs),
+    )
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def LoadModel(
+        self, request: inference_pb2.LoadModelRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.LoadModelResponse:
+        source = request.WhichOneof("source")
+        if source == "repository":
+            spec = self.engine.load_from_repository(
+                request.repository.name, request.repository.version,
+                request.input_tensor, request.output_tensor,
+            )
+        elif source == "graph_def":
+            spec = self.engine.load(
+                request.name, request.graph_def, request.input_tensor, request.output_tensor
+            )
+        else:
+            raise InvalidArgument("LoadModel needs graph_def bytes or a repository model")
+        return inference_pb2.LoadModelResponse(model=model_info(spec))
+
+    def ListModels(
+        self, request: inference_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.ListModelsResponse:
+        return inference_pb2.ListModelsResponse(
+            models=[model_info(spec) for spec in self.engine.models()]
+        )
+
+    def UnloadModel(
+        self, request: inference_pb2.UnloadModelRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.UnloadModelResponse:
+        self.engine.unload(request.name)
+        return inference_pb2.UnloadModelResponse()
+
+    def Infer(
+        self, request: inference_pb2.InferRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.InferResponse:
+        image = from_tensor(request.input, "input")
+        output, run_ms = self.engine.infer(request.model, image, _DEVICES[request.device])
+        return inference_pb2.InferResponse(output=to_tensor(output), run_ms=run_ms)
+
+    def Benchmark(
+        self, request: inference_pb2.BenchmarkRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.BenchmarkResponse:
+        image = from_tensor(request.input, "input")
+        measured = self.engine.benchmark(
+            request.model, image, timing_options(request.options), _DEVICES[request.device]
+        )
+        return inference_pb2.BenchmarkResponse(timing=timing_to_proto(measured))

@@ -1,0 +1,3 @@
+from services.metrics.server import main
+
+main()

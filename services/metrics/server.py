@@ -1,0 +1,39 @@
+"""The metrics server: bootstrap shared with the other services, plus the metrics servicer."""
+
+from __future__ import annotations
+
+import argparse
+
+from pirm.v1 import metrics_pb2, metrics_pb2_grpc
+
+from services.common.config import add_server_flags
+from services.common.logs import setup_logging
+from services.common.server import (
+    RunningServer,
+    ServiceBinding,
+    serve_until_signalled,
+)
+from services.common.server import (
+    create_server as create_grpc_server,
+)
+from services.metrics.servicer import MetricsServicer
+
+SERVICE_NAME = metrics_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name
+
+
+def create_server(address: str, max_message_mb: int = 64, workers: int = 8) -> RunningServer:
+    binding = ServiceBinding(
+        SERVICE_NAME, metrics_pb2_grpc.add_MetricsServiceServicer_to_server, MetricsServicer()
+    )
+    running = create_grpc_server(address, [binding], max_message_mb, workers)
+    running.mark_serving()  # nothing to load: pure computation
+    return running
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="pirm serve metrics", description=__doc__)
+    add_server_flags(parser, "metrics")
+    args = parser.parse_args(argv)
+    setup_logging()
+    running = create_server(f"{args.host}:{args.port}", args.max_message_mb, args.workers)
+    serve_until_signalled(running, args.grace_seconds)

@@ -1,0 +1,1 @@
+"""The scorer service: jobs, the evaluation protocol, scores and leaderboards."""

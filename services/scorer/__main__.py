@@ -1,0 +1,3 @@
+from services.scorer.server import main
+
+main()

@@ -1,0 +1,232 @@
+"""One job's evaluation: load the model, measure quality image by image, time the model and the
+track's baseline on the same node, and score. Free of gRPC: the services are reached through
+the two backend protocols below."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from services.common.errors import FailedPrecondition
+from services.inference.timing import DeviceTiming, TimingOptions
+from services.metrics.quality import PairQuality, QualityOptions
+from services.scorer.jobs import Job, JobResult
+from services.scorer.protocol import (
+    QUALITY_OPTIONS,
+    QualityItem,
+    prepare_quality_pair,
+    quality_items,
+    timing_input,
+)
+from services.scorer.scoring import (
+    KAPPA,
+    ScoreInputs,
+    Track,
+    compute_scores,
+    score_constants,
+)
+from services.scorer.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class InferenceBackend(Protocol):
+    def load_model(
+        self, name: str, graph_def: bytes | None, repository_model: str,
+        input_tensor: str, output_tensor: str,
+    ) -> str: ...
+
+    def infer(self, model: str, image: np.ndarray) -> np.ndarray: ...
+
+    def benchmark(self, model: str, image: np.ndarray, options: TimingOptions) -> DeviceTiming: ...
+
+
+class MetricsBackend(Protocol):
+    def evaluate(
+        self, output: np.ndarray, target: np.ndarray, options: QualityOptions
+    ) -> PairQuality: ...
+
+
+class Interrupted(Exception):
+    """The scorer is stopping; the job stays RUNNING and resumes after the restart."""
+
+
+@dataclass
+class EvaluationSettings:
+    baselines: dict[Track, bytes]  # the SRCNN baseline graph of each track
+    timing: TimingOptions = field(default_factory=TimingOptions)
+    baseline_max_age_s: float = 3600.0
+    kappa: float = KAPPA
+    mos_ref: dict[Track, float] = field(default_factory=dict)  # overrides of published values
+    metrics_in_flight: int = 2  # metric calls overlapping the next images' inference
+
+
+class BaselineTimings:
+    """The baseline's runtime per track and input shape, re-measured when older than max_age."""
+
+    def __init__(self, inference: InferenceBackend, settings: EvaluationSettings) -> None:
+        self._inference = inference
+        self._settings = settings
+        self._cache: dict[tuple[Track, tuple[int, ...]], tuple[float, DeviceTiming]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, track: Track, image: np.ndarray) -> DeviceTiming:
+        key = (track, tuple(image.shape))
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached and time.time() - cached[0] < self._settings.baseline_max_age_s:
+                return cached[1]
+            name = self._inference.load_model(
+                f"baseline-{track.value}", self._settings.baselines[track], "", "", ""
+            )
+            timing = self._inference.benchmark(name, image, self._settings.timing)
+            self._cache[key] = (time.time(), timing)
+            return timing
+
+
+class Evaluation:
+    def __init__(
+        self,
+        job: Job,
+        store: JobStore,
+        inference: InferenceBackend,
+        metrics: MetricsBackend,
+        baselines: BaselineTimings,
+        settings: EvaluationSettings,
+        on_progress: Callable[[], None],
+        stopping: threading.Event,
+    ) -> None:
+        self.job = job
+        self.spec = job.spec
+        self.store = store
+        self.inference = inference
+        self.metrics = metrics
+        self.baselines = baselines
+        self.settings = settings
+        self.on_progress = on_progress
+        self.stopping = stopping
+        self._progress_lock = threading.Lock()
+
+    def run(self) -> JobResult:
+        dataset = Path(self.spec.dataset)
+        items = quality_items(self.spec.track, dataset)
+        model = self._load_model()
+        self._measure_quality(model, items)
+        self._progress(len(items), len(items), "timing")
+        runtime, baseline = self._measure_runtime(model, dataset)
+        self._progress(len(items), len(items), "scoring")
+        return self._result(runtime, baseline, len(items))
+
+    def _load_model(self) -> str:
+        spec = self.spec
+        graph_def = None if spec.repository_model else self.store.model_bytes(spec.model_sha256)
+        return self.inference.load_model(
+            f"sha256-{spec.model_sha256[:16]}", graph_def, spec.repository_model,
+            spec.input_tensor, spec.output_tensor,
+        )
+
+    def _measure_quality(self, model: str, items: list[QualityItem]) -> None:
+        """Decode of image k+1 and metrics of image k overlap inference; results are stored
+        per image, so a resumed job skips what is done."""
+        done = self.store.image_results(self.job.job_id)
+        todo = [item for item in items if item.name not in done]
+        total, finished = len(items), len(items) - len(todo)
+        self._progress(finished, total, "quality")
+        options = QUALITY_OPTIONS[self.spec.track]
+        track = self.spec.track
+        with ThreadPoolExecutor(1 + self.settings.metrics_in_flight) as pool:
+            pending: deque[Future[None]] = deque()
+
+            def score(item: QualityItem, output: np.ndarray, target: np.ndarray) -> None:
+                nonlocal finished
+                quality = self.metrics.evaluate(output, target, options)
+                self.store.put_image_result(self.job.job_id, item.name, quality.psnr,
+                                            quality.msssim)
+                with self._progress_lock:
+                    finished += 1
+                    self._progress(finished, total, "quality")
+
+            prepared = pool.submit(prepare_quality_pair, track, todo[0]) if todo else None
+            for index, item in enumerate(todo):
+                if self.stopping.is_set():
+                    raise Interrupted()
+                assert prepared is not None
+                model_input, target = prepared.result()
+                if index + 1 < len(todo):
+                    prepared = pool.submit(prepare_quality_pair, track, todo[index + 1])
+                output = self.inference.infer(model, model_input)
+                pending.append(pool.submit(score, item, output, target))
+                while len(pending) > self.settings.metrics_in_flight:
+                    pending.popleft().result()
+            for future in pending:
+                future.result()
+
+    def _measure_runtime(self, model: str, dataset: Path) -> tuple[DeviceTiming, DeviceTiming]:
+        image = timing_input(self.spec.track, dataset)
+        if self.stopping.is_set():
+            raise Interrupted()
+        runtime = self.inference.benchmark(model, image, self.settings.timing)
+        baseline = self.baselines.get(self.spec.track, image)
+        return runtime, baseline
+
+    def _result(self, runtime: DeviceTiming, baseline: DeviceTiming, images: int) -> JobResult:
+        per_image = self.store.image_results(self.job.job_id)
+        if len(per_image) != images:
+            raise FailedPrecondition(
+                f"job has {len(per_image)} scored images of {images}; cannot score it"
+            )
+        psnr = _mean([p for p, _ in per_image.values()])
+        msssim = _mean([m for _, m in per_image.values()])
+        inputs = ScoreInputs(
+            track=self.spec.track,
+            phase=self.spec.phase,
+            psnr=psnr,
+            msssim=msssim,
+            runtime_ms=runtime.timing.median_ms,
+            baseline_runtime_ms=baseline.timing.median_ms,
+            mos=self.spec.mos,
+            kappa=self.settings.kappa,
+            mos_ref=self.settings.mos_ref.get(self.spec.track),
+        )
+        return JobResult(
+            psnr=psnr,
+            msssim=msssim,
+            mos=self.spec.mos,
+            runtime=runtime,
+            baseline_runtime=baseline,
+            scores=compute_scores(inputs),
+            constants=score_constants(inputs),
+            images=images,
+            software=software_versions(),
+        )
+
+    def _progress(self, done: int, total: int, stage: str) -> None:
+        self.store.set_progress(self.job.job_id, done, total, stage)
+        self.on_progress()
+
+
+def _mean(values: list[float]) -> float:
+    """The reported figure: the plain mean of per-image values (SPEC.md section 2, step 5)."""
+    return math.fsum(values) / len(values)
+
+
+def software_versions() -> str:
+    names = ("pirm-eval", "tensorflow-cpu", "numpy", "scipy", "pillow")
+    versions = []
+    for name in names:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return "; ".join(versions)

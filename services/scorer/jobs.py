@@ -1,0 +1,87 @@
+"""Jobs: what a team submitted, where its evaluation stands, and what it produced."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from services.inference.timing import DeviceTiming, Timing
+from services.scorer.scoring import Phase, ScoreConstants, Scores, Track
+
+
+class JobState(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A submission as accepted: the model is referenced by the SHA-256 of its bytes."""
+
+    track: Track
+    phase: Phase
+    dataset: str
+    model_sha256: str
+    model_name: str = ""
+    team: str = ""
+    request_id: str = ""
+    mos: float | None = None
+    input_tensor: str = ""
+    output_tensor: str = ""
+    repository_model: str = ""  # "name/version" in the inference repository, instead of bytes
+
+
+@dataclass(frozen=True)
+class JobResult:
+    psnr: float
+    msssim: float
+    mos: float | None
+    runtime: DeviceTiming
+    baseline_runtime: DeviceTiming
+    scores: Scores
+    constants: ScoreConstants
+    images: int
+    software: str
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> JobResult:
+        raw = json.loads(text)
+
+        def timing(d: dict[str, Any]) -> DeviceTiming:
+            return DeviceTiming(**{**d, "timing": Timing(**d["timing"]),
+                                   "input_shape": tuple(d["input_shape"])})
+
+        return JobResult(
+            **{**raw, "runtime": timing(raw["runtime"]),
+               "baseline_runtime": timing(raw["baseline_runtime"]),
+               "scores": Scores(**raw["scores"]),
+               "constants": ScoreConstants(**raw["constants"])}
+        )
+
+
+@dataclass
+class Job:
+    job_id: str
+    spec: JobSpec
+    state: JobState = JobState.QUEUED
+    error: str = ""
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    images_done: int = 0
+    images_total: int = 0
+    stage: str = ""
+    result: JobResult | None = field(default=None)

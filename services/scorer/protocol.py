@@ -1,0 +1,146 @@
+"""The challenge's evaluation protocol (SPEC.md section 2): which images, how they become model
+inputs and targets, and how the metrics service must measure each pair.
+
+A dataset folder has the challenge repository's layout:
+  track A: original/*.png (quality), HD_res/*.png (timing)
+  track B: patches/iphone/N.jpg + patches/canon/N.jpg (quality), HD_res/*.png (timing)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from services.common.errors import InvalidArgument
+from services.metrics.quality import Flavor, QualityOptions
+from services.scorer.scoring import Track
+
+SCALE = 4  # track A: x4 super-resolution
+BORDER = 16  # track A: pixels cropped from each side before measuring
+
+QUALITY_OPTIONS = {
+    # Track A: both images clipped, tf.image.ssim_multiscale's definition.
+    Track.A: QualityOptions(
+        crop_border=BORDER, clip_psnr_input=True, clip_msssim_input=True, flavor=Flavor.TF
+    ),
+    # Track B: PSNR on clipped images, NumPy MS-SSIM on the unclipped output.
+    Track.B: QualityOptions(
+        crop_border=0, clip_psnr_input=True, clip_msssim_input=False, flavor=Flavor.NUMPY
+    ),
+}
+
+
+@dataclass(frozen=True)
+class QualityItem:
+    """One image of the quality set: a target and, in track B, the model's own input file."""
+
+    name: str
+    target: Path
+    source: Path | None = None
+
+
+def quality_items(track: Track, dataset: Path) -> list[QualityItem]:
+    """The quality set in a stable order; InvalidArgument when the folder is not a dataset."""
+    _require_dir(dataset, "dataset")
+    if track is Track.A:
+        folder = _require_dir(dataset / "original", "track A quality folder")
+        targets = _sorted_images(folder, (".png",))
+        if not targets:
+            raise InvalidArgument(f"{folder} has no .png images")
+        return [QualityItem(name=p.name, target=p) for p in targets]
+    iphone = _require_dir(dataset / "patches" / "iphone", "track B input folder")
+    canon = _require_dir(dataset / "patches" / "canon", "track B target folder")
+    sources = {p.name: p for p in _sorted_images(iphone, (".jpg", ".jpeg", ".png"))}
+    targets_by_name = {p.name: p for p in _sorted_images(canon, (".jpg", ".jpeg", ".png"))}
+    unpaired = sorted(set(sources) ^ set(targets_by_name), key=_natural_key)
+    if unpaired:
+        shown = ", ".join(unpaired[:10]) + (" ..." if len(unpaired) > 10 else "")
+        raise InvalidArgument(
+            f"dataset {dataset} has {len(unpaired)} unpaired patches (each iphone/N.jpg needs "
+            f"canon/N.jpg): {shown}"
+        )
+    if not sources:
+        raise InvalidArgument(f"{iphone} has no images")
+    return [
+        QualityItem(name=name, target=targets_by_name[name], source=sources[name])
+        for name in sorted(sources, key=_natural_key)
+    ]
+
+
+def timing_image_path(dataset: Path) -> Path:
+    """The first HD (1280x720) image of the dataset, on which runtime is measured."""
+    folder = _require_dir(dataset / "HD_res", "HD timing folder")
+    images = _sorted_images(folder, (".png", ".jpg"))
+    if not images:
+        raise InvalidArgument(f"{folder} has no images to time the model on")
+    return images[0]
+
+
+def prepare_quality_pair(track: Track, item: QualityItem) -> tuple[np.ndarray, np.ndarray]:
+    """(model input float32 [1, H, W, 3] in [0, 1], target uint8 [H, W, 3])."""
+    if track is Track.A:
+        target = crop_to_scale(read_rgb(item.target))
+        return to_model_input(downscaled_upscaled(target)), target
+    assert item.source is not None
+    source, target = read_rgb(item.source), read_rgb(item.target)
+    if source.shape != target.shape:
+        raise InvalidArgument(
+            f"patch {item.name}: iphone {source.shape} and canon {target.shape} differ in size"
+        )
+    return to_model_input(source), target
+
+
+def timing_input(track: Track, dataset: Path) -> np.ndarray:
+    """The model input built from the HD timing image (track A: its bicubic x4 round trip)."""
+    image = read_rgb(timing_image_path(dataset))
+    if track is Track.A:
+        image = downscaled_upscaled(crop_to_scale(image))
+    return to_model_input(image)
+
+
+def crop_to_scale(image: np.ndarray) -> np.ndarray:
+    """Crops to the largest multiple of 4 so that the x4 round trip returns the exact size."""
+    h, w = (image.shape[0] // SCALE) * SCALE, (image.shape[1] // SCALE) * SCALE
+    if h == 0 or w == 0:
+        raise InvalidArgument(f"image {image.shape[1]}x{image.shape[0]} is smaller than {SCALE} px")
+    return image[:h, :w]
+
+
+def downscaled_upscaled(image: np.ndarray) -> np.ndarray:
+    """Bicubic /4 then x4 on uint8 images with PIL, as scipy.misc.imresize did."""
+    h, w = image.shape[:2]
+    small = Image.fromarray(image).resize((w // SCALE, h // SCALE), Image.Resampling.BICUBIC)
+    return np.asarray(small.resize((w, h), Image.Resampling.BICUBIC))
+
+
+def to_model_input(image: np.ndarray) -> np.ndarray:
+    return (image.astype(np.float32) / np.float32(255.0))[np.newaxis]
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as error:
+        raise InvalidArgument(f"cannot read image {path}: {error}") from error
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise InvalidArgument(f"{what} {path} does not exist (see the dataset layout in README)")
+    return path
+
+
+def _sorted_images(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    return sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file()),
+        key=lambda p: _natural_key(p.name),
+    )
+
+
+def _natural_key(name: str) -> list[object]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

@@ -1,0 +1,111 @@
+"""Runs queued jobs on worker threads and tells watchers when a job changes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from services.common.errors import PirmError
+from services.scorer.evaluation import (
+    BaselineTimings,
+    Evaluation,
+    EvaluationSettings,
+    InferenceBackend,
+    Interrupted,
+    MetricsBackend,
+)
+from services.scorer.jobs import Job, JobState
+from services.scorer.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: JobStore,
+        inference: InferenceBackend,
+        metrics: MetricsBackend,
+        settings: EvaluationSettings,
+        concurrency: int = 1,
+    ) -> None:
+        self.store = store
+        self.inference = inference
+        self.metrics = metrics
+        self.settings = settings
+        self.baselines = BaselineTimings(inference, settings)
+        self._concurrency = concurrency
+        self._changed = threading.Condition()
+        self._version = 0
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        requeued = self.store.requeue_running()
+        if requeued:
+            log.info("resuming interrupted jobs", extra={"jobs": requeued})
+        for index in range(self._concurrency):
+            thread = threading.Thread(target=self._work, name=f"job-runner-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Running jobs stop at their next image and stay RUNNING: a restart resumes them."""
+        self._stopping.set()
+        self.notify()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def notify(self) -> None:
+        with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+
+    def wait_for_change(self, version: int, timeout: float) -> int:
+        """Blocks until something changed after `version` (or timeout); returns the new version."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._version != version or self._stopping.is_set(),
+                                   timeout)
+            return self._version
+
+    @property
+    def version(self) -> int:
+        with self._changed:
+            return self._version
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            job = self.store.next_queued()
+            if job is None:
+                self.wait_for_change(self.version, timeout=1.0)
+                continue
+            self.notify()
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        log.info("job started", extra={"job_id": job.job_id, "track": job.spec.track.value})
+        evaluation = Evaluation(
+            job, self.store, self.inference, self.metrics, self.baselines, self.settings,
+            on_progress=self.notify, stopping=self._stopping,
+        )
+        try:
+            result = evaluation.run()
+        except Interrupted:
+            log.info("job interrupted by shutdown", extra={"job_id": job.job_id})
+            return
+        except PirmError as error:
+            self._fail(job, str(error))
+        except Exception as error:  # noqa: BLE001 - a job fails, the runner survives
+            log.exception("job crashed", extra={"job_id": job.job_id})
+            self._fail(job, f"internal error: {error!r}")
+        else:
+            self.store.finish(job.job_id, JobState.SUCCEEDED, result=result)
+            log.info("job succeeded", extra={"job_id": job.job_id, "psnr": result.psnr,
+                                             "msssim": result.msssim})
+        self.notify()
+
+    def _fail(self, job: Job, error: str) -> None:
+        log.info("job failed", extra={"job_id": job.job_id, "error": error})
+        self.store.finish(job.job_id, JobState.FAILED, error=error)
+
+

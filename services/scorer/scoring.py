@@ -1,0 +1,142 @@
+"""The challenge's scores (SPEC.md section 3).
+
+    score = alpha * (PSNR - PSNR_base) + beta * (P - SSIM_base) + gamma * min(4, T_base / T)
+
+P is the MS-SSIM in the validation phase; in the final phase
+P - SSIM_base = kappa * (MOS - MOS_ref).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from services.common.errors import InvalidArgument
+
+
+class Track(StrEnum):
+    A = "A"  # super-resolution x4
+    B = "B"  # iPhone-to-DSLR enhancement
+
+
+class Phase(StrEnum):
+    VALIDATION = "validation"
+    FINAL = "final"
+
+
+@dataclass(frozen=True)
+class ScoreWeights:
+    alpha: float  # per dB of PSNR
+    beta: float  # per unit of MS-SSIM
+    gamma: float  # per unit of speed-up over the baseline
+
+
+@dataclass(frozen=True)
+class TrackConstants:
+    psnr_base: float
+    ssim_base: float
+    weights: dict[str, ScoreWeights]  # score name "a" | "b" | "c" -> weights
+    mos_ref: float | None  # SRCNN's MOS in the final user study, where published
+
+
+TRACKS = {
+    Track.A: TrackConstants(
+        psnr_base=26.5,
+        ssim_base=0.94,
+        weights={"a": ScoreWeights(4, 100, 1), "b": ScoreWeights(1, 400, 1),
+                 "c": ScoreWeights(2, 200, 1.5)},
+        mos_ref=None,
+    ),
+    Track.B: TrackConstants(
+        psnr_base=21.0,
+        ssim_base=0.90,
+        weights={"a": ScoreWeights(4, 100, 2), "b": ScoreWeights(1, 400, 2),
+                 "c": ScoreWeights(2, 200, 2.9)},
+        mos_ref=2.295,
+    ),
+}
+KAPPA = 0.0719
+SPEED_CAP = 4.0
+
+
+@dataclass(frozen=True)
+class Scores:
+    score_a: float
+    score_b: float
+    score_c: float
+
+
+@dataclass(frozen=True)
+class ScoreInputs:
+    track: Track
+    phase: Phase
+    psnr: float
+    msssim: float
+    runtime_ms: float
+    baseline_runtime_ms: float
+    mos: float | None = None
+    kappa: float = KAPPA
+    mos_ref: float | None = None  # None: the track's published value
+
+
+@dataclass(frozen=True)
+class ScoreConstants:
+    """What a result records of the constants that produced it."""
+
+    psnr_base: float
+    ssim_base: float
+    kappa: float
+    mos_ref: float
+    speed_cap: float
+
+
+def perceptual_term(inputs: ScoreInputs) -> float:
+    """P - SSIM_base for the phase."""
+    constants = TRACKS[inputs.track]
+    if inputs.phase is Phase.VALIDATION:
+        return inputs.msssim - constants.ssim_base
+    if inputs.mos is None:
+        raise InvalidArgument("the final phase scores a MOS: give the model's MOS")
+    return inputs.kappa * (inputs.mos - resolved_mos_ref(inputs))
+
+
+def resolved_mos_ref(inputs: ScoreInputs) -> float:
+    mos_ref = inputs.mos_ref if inputs.mos_ref is not None else TRACKS[inputs.track].mos_ref
+    if mos_ref is None:
+        raise InvalidArgument(
+            f"track {inputs.track.value} has no published baseline MOS; give mos_ref explicitly"
+        )
+    return mos_ref
+
+
+def speed_term(runtime_ms: float, baseline_runtime_ms: float) -> float:
+    if runtime_ms <= 0 or baseline_runtime_ms <= 0:
+        raise InvalidArgument(
+            f"runtimes must be positive, got {runtime_ms} ms and baseline {baseline_runtime_ms} ms"
+        )
+    return min(SPEED_CAP, baseline_runtime_ms / runtime_ms)
+
+
+def compute_scores(inputs: ScoreInputs) -> Scores:
+    constants = TRACKS[inputs.track]
+    fidelity = inputs.psnr - constants.psnr_base
+    perceptual = perceptual_term(inputs)
+    speed = speed_term(inputs.runtime_ms, inputs.baseline_runtime_ms)
+
+    def score(name: str) -> float:
+        w = constants.weights[name]
+        return w.alpha * fidelity + w.beta * perceptual + w.gamma * speed
+
+    return Scores(score_a=score("a"), score_b=score("b"), score_c=score("c"))
+
+
+def score_constants(inputs: ScoreInputs) -> ScoreConstants:
+    constants = TRACKS[inputs.track]
+    final = inputs.phase is Phase.FINAL
+    return ScoreConstants(
+        psnr_base=constants.psnr_base,
+        ssim_base=constants.ssim_base,
+        kappa=inputs.kappa if final else 0.0,
+        mos_ref=resolved_mos_ref(inputs) if final else 0.0,
+        speed_cap=SPEED_CAP,
+    )

@@ -1,0 +1,137 @@
+"""The scorer server: jobs in SQLite, run against the inference and metrics services."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pirm.v1 import scorer_pb2, scorer_pb2_grpc
+
+from services.common.config import MIB, add_server_flags, env_default
+from services.common.logs import setup_logging
+from services.common.server import (
+    RunningServer,
+    ServiceBinding,
+    serve_until_signalled,
+)
+from services.common.server import (
+    create_server as create_grpc_server,
+)
+from services.inference.timing import TimingOptions
+from services.scorer.clients import InferenceClient, MetricsClient
+from services.scorer.evaluation import EvaluationSettings
+from services.scorer.runner import JobRunner
+from services.scorer.samples import baseline_graph
+from services.scorer.scoring import KAPPA, Track
+from services.scorer.servicer import ScorerServicer
+from services.scorer.store import JobStore
+
+SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScorerConfig:
+    inference: str = "127.0.0.1:50051"
+    metrics: str = "127.0.0.1:50052"
+    store: Path = Path("var/scorer.db")
+    state_dir: Path = Path("var")
+    baselines: dict[Track, Path | None] = field(default_factory=dict)
+    timing: TimingOptions = field(default_factory=TimingOptions)
+    baseline_max_age_s: float = 3600.0
+    concurrency: int = 1
+    kappa: float = KAPPA
+    mos_ref: dict[Track, float] = field(default_factory=dict)
+    max_model_bytes: int = 100 * MIB
+    max_message_mb: int = 64
+
+
+def create_server(address: str, config: ScorerConfig, workers: int = 16) -> RunningServer:
+    store = JobStore(config.store)
+    inference = InferenceClient(config.inference, config.max_message_mb)
+    metrics = MetricsClient(config.metrics, config.max_message_mb)
+    baselines = {}
+    for track in Track:
+        graph, origin = baseline_graph(track, config.baselines.get(track), config.state_dir)
+        baselines[track] = graph
+        log.info("baseline", extra={"track": track.value, "source": origin})
+    settings = EvaluationSettings(
+        baselines=baselines,
+        timing=config.timing,
+        baseline_max_age_s=config.baseline_max_age_s,
+        kappa=config.kappa,
+        mos_ref=config.mos_ref,
+    )
+    runner = JobRunner(store, inference, metrics, settings, config.concurrency)
+    servicer = ScorerServicer(store, runner, inference, config.max_model_bytes)
+    binding = ServiceBinding(SERVICE_NAME, scorer_pb2_grpc.add_ScorerServiceServicer_to_server,
+                             servicer)
+    running = create_grpc_server(address, [binding], config.max_message_mb, workers)
+    running.on_stop.extend([runner.stop, inference.close, metrics.close, store.close])
+    runner.start()
+    running.mark_serving()
+    return running
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="pirm serve scorer", description=__doc__)
+    add_server_flags(parser, "scorer")
+    env = env_default
+    parser.add_argument("--inference", default=env("PIRM_INFERENCE_TARGET", "127.0.0.1:50051"),
+                        help="inference service host:port (env PIRM_INFERENCE_TARGET)")
+    parser.add_argument("--metrics", default=env("PIRM_METRICS_TARGET", "127.0.0.1:50052"),
+                        help="metrics service host:port (env PIRM_METRICS_TARGET)")
+    parser.add_argument("--store", type=Path,
+                        default=env("PIRM_STORE", Path("var/scorer.db"), Path),
+                        help="SQLite file of jobs and results (env PIRM_STORE)")
+    parser.add_argument("--state-dir", type=Path,
+                        default=env("PIRM_STATE_DIR", Path("var"), Path),
+                        help="folder for generated baselines (env PIRM_STATE_DIR)")
+    for track in Track:
+        parser.add_argument(
+            f"--baseline-{track.value.lower()}", type=Path,
+            default=env(f"PIRM_BASELINE_{track.value}", None, Path),
+            help=f"track {track.value} baseline .pb (env PIRM_BASELINE_{track.value}; default: "
+                 "the challenge's SRCNN from PIRM_DATA, else a generated SRCNN-shaped graph)",
+        )
+    defaults = TimingOptions()
+    parser.add_argument("--timing-warmup-runs", type=int,
+                        default=env("PIRM_TIMING_WARMUP_RUNS", defaults.warmup_runs, int))
+    parser.add_argument("--timing-min-runs", type=int,
+                        default=env("PIRM_TIMING_MIN_RUNS", defaults.min_runs, int))
+    parser.add_argument("--timing-min-seconds", type=float,
+                        default=env("PIRM_TIMING_MIN_SECONDS", defaults.min_seconds, float))
+    parser.add_argument("--timing-max-runs", type=int,
+                        default=env("PIRM_TIMING_MAX_RUNS", defaults.max_runs, int))
+    parser.add_argument("--baseline-max-age-s", type=float,
+                        default=env("PIRM_BASELINE_MAX_AGE_S", 3600.0, float),
+                        help="re-time the baseline when its figure is older (env "
+                             "PIRM_BASELINE_MAX_AGE_S)")
+    parser.add_argument("--concurrency", type=int, default=env("PIRM_JOB_CONCURRENCY", 1, int),
+                        help="jobs evaluated at once (env PIRM_JOB_CONCURRENCY)")
+    parser.add_argument("--kappa", type=float, default=env("PIRM_KAPPA", KAPPA, float))
+    parser.add_argument("--mos-ref-a", type=float, default=env("PIRM_MOS_REF_A", None, float))
+    parser.add_argument("--mos-ref-b", type=float, default=env("PIRM_MOS_REF_B", None, float))
+    parser.add_argument("--max-model-mb", type=int, default=env("PIRM_MAX_MODEL_MB", 100, int))
+    args = parser.parse_args(argv)
+    setup_logging()
+    config = ScorerConfig(
+        inference=args.inference,
+        metrics=args.metrics,
+        store=args.store,
+        state_dir=args.state_dir,
+        baselines={Track.A: args.baseline_a, Track.B: args.baseline_b},
+        timing=TimingOptions(args.timing_warmup_runs, args.timing_min_runs,
+                             args.timing_min_seconds, args.timing_max_runs).validated(),
+        baseline_max_age_s=args.baseline_max_age_s,
+        concurrency=args.concurrency,
+        kappa=args.kappa,
+        mos_ref={t: v for t, v in ((Track.A, args.mos_ref_a), (Track.B, args.mos_ref_b))
+                 if v is not None},
+        max_model_bytes=args.max_model_mb * MIB,
+        max_message_mb=args.max_message_mb,
+    )
+    running = create_server(f"{args.host}:{args.port}", config, args.workers)
+    serve_until_signalled(running, args.grace_seconds)

@@ -1,0 +1,239 @@
+"""Durable jobs, model bytes and per-image results in SQLite (WAL), SQL only through parameters.
+
+Model bytes are content-addressed by SHA-256 and stored once however often they are submitted.
+Per-image results are kept so that a job interrupted by a restart resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from services.common.errors import NotFound
+from services.scorer.jobs import Job, JobResult, JobSpec, JobState
+from services.scorer.scoring import Phase, Track
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    sha256 TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    request_id TEXT,
+    team TEXT NOT NULL,
+    track TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    model_sha256 TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    repository_model TEXT NOT NULL,
+    mos REAL,
+    input_tensor TEXT NOT NULL,
+    output_tensor TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    images_done INTEGER NOT NULL DEFAULT 0,
+    images_total INTEGER NOT NULL DEFAULT 0,
+    stage TEXT NOT NULL DEFAULT '',
+    result TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_request ON jobs(team, request_id)
+    WHERE request_id != '';
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
+CREATE TABLE IF NOT EXISTS image_results (
+    job_id TEXT NOT NULL REFERENCES jobs(job_id),
+    image TEXT NOT NULL,
+    psnr REAL NOT NULL,
+    msssim REAL NOT NULL,
+    PRIMARY KEY (job_id, image)
+);
+"""
+
+
+class JobStore:
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- models --------------------------------------------------------------------------
+
+    def put_model(self, sha256: str, data: bytes) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO models (sha256, data) VALUES (?, ?)", (sha256, data))
+
+    def model_bytes(self, sha256: str) -> bytes:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM models WHERE sha256 = ?", (sha256,)).fetchone()
+        if row is None:
+            raise NotFound(f"no stored model with sha256 {sha256}")
+        return bytes(row["data"])
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def create_job(self, spec: JobSpec, model: bytes | None) -> tuple[Job, bool]:
+        """Stores a new job (and its model), or returns the job of the same request id.
+
+        Returns (job, created)."""
+        with self._transaction() as db:
+            if spec.request_id:
+                row = db.execute(
+                    "SELECT * FROM jobs WHERE team = ? AND request_id = ?",
+                    (spec.team, spec.request_id),
+                ).fetchone()
+                if row is not None:
+                    return _job(row), False
+            if model is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO models (sha256, data) VALUES (?, ?)",
+                    (spec.model_sha256, model),
+                )
+            job_id = uuid.uuid4().hex[:12]
+            db.execute(
+                """INSERT INTO jobs (job_id, request_id, team, track, phase, dataset,
+                   model_sha256, model_name, repository_model, mos, input_tensor, output_tensor,
+                   state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (job_id, spec.request_id, spec.team, spec.track.value, spec.phase.value,
+                 spec.dataset, spec.model_sha256, spec.model_name, spec.repository_model,
+                 spec.mos, spec.input_tensor, spec.output_tensor, JobState.QUEUED.value,
+                 time.time()),
+            )
+            row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return _job(row), True
+
+    def get_job(self, job_id: str) -> Job:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        return _job(row)
+
+    def list_jobs(self, team: str = "", track: Track | None = None) -> list[Job]:
+        query, params = "SELECT * FROM jobs WHERE 1 = 1", list[object]()
+        if team:
+            query, params = query + " AND team = ?", [*params, team]
+        if track is not None:
+            query, params = query + " AND track = ?", [*params, track.value]
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY created", params).fetchall()
+        return [_job(row) for row in rows]
+
+    def next_queued(self) -> Job | None:
+        """Claims the oldest queued job: it becomes RUNNING in the same transaction."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT job_id FROM jobs WHERE state = ? ORDER BY created LIMIT 1",
+                (JobState.QUEUED.value,),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = ?, started = COALESCE(started, ?) WHERE job_id = ?",
+                (JobState.RUNNING.value, time.time(), row["job_id"]),
+            )
+            row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (row["job_id"],)).fetchone()
+        return _job(row)
+
+    def requeue_running(self) -> int:
+        """After a restart: jobs that were RUNNING go back to the queue (their scored images are
+        kept and not recomputed)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = ? WHERE state = ?",
+                (JobState.QUEUED.value, JobState.RUNNING.value),
+            )
+            return cursor.rowcount
+
+    def set_progress(self, job_id: str, done: int, total: int, stage: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET images_done = ?, images_total = ?, stage = ? WHERE job_id = ?",
+                (done, total, stage, job_id),
+            )
+
+    def finish(
+        self, job_id: str, state: JobState, result: JobResult | None = None, error: str = ""
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, result = ?, error = ?, finished = ?, stage = ? "
+                "WHERE job_id = ?",
+                (state.value, result.to_json() if result else None, error, time.time(), "",
+                 job_id),
+            )
+
+    # -- per-image results ---------------------------------------------------------------
+
+    def put_image_result(self, job_id: str, image: str, psnr: float, msssim: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO image_results (job_id, image, psnr, msssim) "
+                "VALUES (?, ?, ?, ?)",
+                (job_id, image, psnr, msssim),
+            )
+
+    def image_results(self, job_id: str) -> dict[str, tuple[float, float]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT image, psnr, msssim FROM image_results WHERE job_id = ?", (job_id,)
+            ).fetchall()
+        return {row["image"]: (row["psnr"], row["msssim"]) for row in rows}
+
+
+def _job(row: sqlite3.Row) -> Job:
+    spec = JobSpec(
+        track=Track(row["track"]),
+        phase=Phase(row["phase"]),
+        dataset=row["dataset"],
+        model_sha256=row["model_sha256"],
+        model_name=row["model_name"],
+        team=row["team"],
+        request_id=row["request_id"] or "",
+        mos=row["mos"],
+        input_tensor=row["input_tensor"],
+        output_tensor=row["output_tensor"],
+        repository_model=row["repository_model"],
+    )
+    return Job(
+        job_id=row["job_id"],
+        spec=spec,
+        state=JobState(row["state"]),
+        error=row["error"],
+        created=row["created"],
+        started=row["started"],
+        finished=row["finished"],
+        images_done=row["images_done"],
+        images_total=row["images_total"],
+        stage=row["stage"],
+        result=JobResult.from_json(row["result"]) if row["result"] else None,
+    )

@@ -1,0 +1,86 @@
+"""Protobuf <-> domain conversions of the scorer API, shared by the servicer and the client."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from pirm.v1 import common_pb2, scorer_pb2
+
+from services.common.errors import InvalidArgument
+from services.common.messages import timing_to_proto
+from services.scorer.jobs import Job, JobState
+from services.scorer.scoring import Phase, Scores, Track
+
+TRACKS: dict[common_pb2.Track.ValueType, Track] = {
+    common_pb2.TRACK_A: Track.A, common_pb2.TRACK_B: Track.B
+}
+TRACK_MESSAGES = {v: k for k, v in TRACKS.items()}
+PHASES: dict[common_pb2.Phase.ValueType, Phase] = {
+    common_pb2.PHASE_UNSPECIFIED: Phase.VALIDATION,
+    common_pb2.PHASE_VALIDATION: Phase.VALIDATION,
+    common_pb2.PHASE_FINAL: Phase.FINAL,
+}
+PHASE_MESSAGES = {Phase.VALIDATION: common_pb2.PHASE_VALIDATION,
+                  Phase.FINAL: common_pb2.PHASE_FINAL}
+RANK_BY = {scorer_pb2.RANK_BY_UNSPECIFIED: "a", scorer_pb2.RANK_BY_SCORE_A: "a",
+           scorer_pb2.RANK_BY_SCORE_B: "b", scorer_pb2.RANK_BY_SCORE_C: "c"}
+RANK_BY_MESSAGES = {"a": scorer_pb2.RANK_BY_SCORE_A, "b": scorer_pb2.RANK_BY_SCORE_B,
+                    "c": scorer_pb2.RANK_BY_SCORE_C}
+STATES = {state: scorer_pb2.JobState.Value(f"JOB_STATE_{state.value}") for state in JobState}
+
+
+def track_of(message: common_pb2.Track.ValueType) -> Track:
+    if message not in TRACKS:
+        raise InvalidArgument("choose track A (super-resolution) or B (enhancement)")
+    return TRACKS[message]
+
+
+def _timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def scores_message(scores: Scores) -> scorer_pb2.Scores:
+    return scorer_pb2.Scores(
+        score_a=scores.score_a, score_b=scores.score_b, score_c=scores.score_c
+    )
+
+
+def job_message(job: Job) -> scorer_pb2.Job:
+    spec = job.spec
+    message = scorer_pb2.Job(
+        job_id=job.job_id,
+        track=TRACK_MESSAGES[spec.track],
+        phase=PHASE_MESSAGES[spec.phase],
+        state=STATES[job.state],
+        team=spec.team,
+        model_name=spec.model_name,
+        model_sha256=spec.model_sha256,
+        dataset=spec.dataset,
+        progress=scorer_pb2.Progress(
+            images_done=job.images_done, images_total=job.images_total, stage=job.stage
+        ),
+        error=job.error,
+        created=_timestamp(job.created),
+        started=_timestamp(job.started),
+        finished=_timestamp(job.finished),
+        request_id=spec.request_id,
+    )
+    if job.result is not None:
+        r = job.result
+        c = r.constants
+        message.result.CopyFrom(scorer_pb2.Result(
+            psnr=r.psnr, msssim=r.msssim, mos=r.mos,
+            runtime=timing_to_proto(r.runtime),
+            baseline_runtime=timing_to_proto(r.baseline_runtime),
+            scores=scores_message(r.scores),
+            constants=scorer_pb2.ScoreConstants(
+                psnr_base=c.psnr_base, ssim_base=c.ssim_base, kappa=c.kappa, mos_ref=c.mos_ref,
+                speed_cap=c.speed_cap,
+            ),
+            images=r.images,
+            software=r.software,
+        ))
+    return message
