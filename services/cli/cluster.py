@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.config import DEFAULT_PORTS
+from services.common.config import DEFAULT_PORTS, env_default
 
 log = logging.getLogger(__name__)
 SERVICES = ("inference", "metrics", "scorer")
@@ -27,6 +27,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def configured_ports() -> dict[str, int]:
+    """PIRM_<SERVICE>_PORT, else the default port of each service."""
+    return {s: env_default(f"PIRM_{s.upper()}_PORT", DEFAULT_PORTS[s], int) for s in SERVICES}
 
 
 def wait_serving(target: str, timeout_s: float = 120.0) -> None:
@@ -48,7 +53,7 @@ def wait_serving(target: str, timeout_s: float = 120.0) -> None:
 
 @dataclass
 class LocalCluster:
-    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    ports: dict[str, int] = field(default_factory=lambda: configured_ports())
     extra_env: dict[str, str] = field(default_factory=dict)
     restart: bool = True
     log_dir: Path | None = None  # service logs go there instead of this terminal

@@ -26,9 +26,11 @@ class TimingOptions:
     max_runs: int = 200
 
     def validated(self) -> TimingOptions:
-        if self.warmup_runs < 0 or self.min_runs < 1 or self.min_seconds < 0:
+        if not (self.warmup_runs >= 0 and self.min_runs >= 1
+                and math.isfinite(self.min_seconds) and self.min_seconds >= 0):
             raise InvalidArgument(
-                f"timing needs warmup_runs >= 0, min_runs >= 1, min_seconds >= 0; got {self}"
+                "timing needs warmup_runs >= 0, min_runs >= 1 and a finite min_seconds >= 0; "
+                f"got {self}"
             )
         if self.max_runs < self.min_runs:
             raise InvalidArgument(

@@ -8,6 +8,7 @@ P - SSIM_base = kappa * (MOS - MOS_ref).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -110,7 +111,7 @@ def resolved_mos_ref(inputs: ScoreInputs) -> float:
 
 
 def speed_term(runtime_ms: float, baseline_runtime_ms: float) -> float:
-    if runtime_ms <= 0 or baseline_runtime_ms <= 0:
+    if not all(math.isfinite(t) and t > 0 for t in (runtime_ms, baseline_runtime_ms)):
         raise InvalidArgument(
             f"runtimes must be positive, got {runtime_ms} ms and baseline {baseline_runtime_ms} ms"
         )

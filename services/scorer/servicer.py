@@ -16,6 +16,7 @@ from services.scorer.jobs import JobSpec
 from services.scorer.leaderboard import leaderboard
 from services.scorer.protocol import quality_items, timing_image_path
 from services.scorer.runner import JobRunner
+from services.scorer.scoring import TRACKS as TRACK_CONSTANTS
 from services.scorer.scoring import Phase
 from services.scorer.store import JobStore
 from services.scorer.wire import (
@@ -103,8 +104,14 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         if phase is None:
             raise InvalidArgument("phase must be validation or final")
         mos = request.mos if request.HasField("mos") else None
-        if phase is Phase.FINAL and mos is None:
-            raise InvalidArgument("a final-phase job needs the model's MOS (mos)")
+        if phase is Phase.FINAL:
+            if mos is None:
+                raise InvalidArgument("a final-phase job needs the model's MOS (mos)")
+            if TRACK_CONSTANTS[track].mos_ref is None and track not in self.runner.settings.mos_ref:
+                raise InvalidArgument(
+                    f"track {track.value} has no published baseline MOS: start the scorer with "
+                    f"--mos-ref-{track.value.lower()} to score its final phase"
+                )
         if not request.dataset:
             raise InvalidArgument("give the dataset folder (challenge layout) to evaluate on")
         dataset = Path(request.dataset)

@@ -1,0 +1,35 @@
+"""Small helpers of the integration tests: test graphs built with TensorFlow, job waiting."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pirm.v1 import scorer_pb2, scorer_pb2_grpc
+
+FINAL_STATES = (scorer_pb2.JOB_STATE_SUCCEEDED, scorer_pb2.JOB_STATE_FAILED,
+                scorer_pb2.JOB_STATE_CANCELLED)
+
+
+def graph_bytes(build: object) -> bytes:
+    """Serialises the graph that `build(tf, x)` makes from a [1, H, W, 3] input placeholder."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, None, None, 3], name="input")
+        build(tf, x)
+    return bytes(graph.as_graph_def().SerializeToString())
+
+
+def wait_job(stub: scorer_pb2_grpc.ScorerServiceStub, job_id: str,
+             timeout_s: float = 600) -> scorer_pb2.Job:
+    updates = list(stub.WatchJob(scorer_pb2.GetJobRequest(job_id=job_id), timeout=timeout_s))
+    job = updates[-1]
+    assert job.state in FINAL_STATES
+    return job
+
+
+def is_serving(channel: grpc.Channel) -> bool:
+    response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                         timeout=5)
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)

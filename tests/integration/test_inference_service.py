@@ -1,0 +1,171 @@
+"""The inference service over gRPC: real TensorFlow on real .pb files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+from services.common.server import open_channel
+from services.common.tensors import from_tensor, to_tensor
+from services.inference.engine import EngineSettings
+from services.inference.server import create_server
+from tests.integration.conftest import Cluster
+from tests.integration.helpers import graph_bytes, is_serving
+
+Stub = inference_pb2_grpc.InferenceServiceStub
+
+
+def _identity_like(tf: object, x: object) -> None:
+    tf.identity(tf.nn.relu(x) * 1.0, name="output")  # type: ignore[attr-defined]
+
+
+def _session_output(pb: bytes, image: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(pb)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=graph) as session:
+        return np.asarray(session.run("output:0", {"input:0": image}))
+
+
+def _load(stub: Stub, name: str, pb: bytes, **kw: str) -> inference_pb2.ModelInfo:
+    request = inference_pb2.LoadModelRequest(name=name, graph_def=pb, **kw)
+    return stub.LoadModel(request, timeout=60).model
+
+
+def test_hd_image_round_trip_equals_plain_session(pirm_data: Path, inference_stub: Stub) -> None:
+    pb = (pirm_data / "models_pretrained" / "dped_srcnn.pb").read_bytes()
+    info = _load(inference_stub, "srcnn-b", pb)
+    assert info.node_count > 0 and "Conv2D" in info.ops and len(info.sha256) == 64
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 720, 1280, 3), dtype=np.float32)  # 11 MB: above gRPC's 4 MiB default
+    response = inference_stub.Infer(
+        inference_pb2.InferRequest(model="srcnn-b", input=to_tensor(image)), timeout=120
+    )
+    output = from_tensor(response.output)
+    assert output.shape == image.shape and output.dtype == np.float32
+    np.testing.assert_allclose(output, _session_output(pb, image), atol=1e-5)
+    assert response.run_ms > 0
+
+
+def test_benchmark_reports_consistent_statistics(inference_stub: Stub) -> None:
+    pb = graph_bytes(_identity_like)
+    _load(inference_stub, "tiny", pb)
+    image = np.zeros((1, 64, 64, 3), np.float32)
+    options = inference_pb2.TimingOptions(warmup_runs=2, min_runs=12, min_seconds=0.05,
+                                          max_runs=500)
+    timing = inference_stub.Benchmark(
+        inference_pb2.BenchmarkRequest(model="tiny", input=to_tensor(image), options=options),
+        timeout=60,
+    ).timing
+    assert timing.runs >= 12 and timing.warmup_runs == 2
+    assert timing.min_ms <= timing.ci95_low_ms <= timing.median_ms <= timing.ci95_high_ms
+    assert timing.median_ms <= timing.p90_ms <= timing.max_ms
+    assert timing.device == "cpu" and timing.intra_op_threads >= 1 and timing.node
+    assert list(timing.input_shape) == [1, 64, 64, 3]
+
+
+def test_list_and_unload(inference_stub: Stub) -> None:
+    _load(inference_stub, "to-unload", graph_bytes(_identity_like))
+    names = [m.name for m in inference_stub.ListModels(inference_pb2.ListModelsRequest()).models]
+    assert "to-unload" in names
+    inference_stub.UnloadModel(inference_pb2.UnloadModelRequest(name="to-unload"))
+    names = [m.name for m in inference_stub.ListModels(inference_pb2.ListModelsRequest()).models]
+    assert "to-unload" not in names
+    with pytest.raises(grpc.RpcError) as error:
+        inference_stub.UnloadModel(inference_pb2.UnloadModelRequest(name="to-unload"))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"this is not a graph" * 10, "GraphDef"),
+        (b"", "no nodes"),
+    ],
+)
+def test_not_a_graphdef_is_invalid_argument(
+    cluster: Cluster, inference_stub: Stub, payload: bytes, expected: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        _load(inference_stub, "garbage", payload)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in error.value.details()
+    assert is_serving(cluster.channel(cluster.inference))
+
+
+def test_graph_without_input_tensor_is_invalid_argument(inference_stub: Stub) -> None:
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, None, None, 3], name="image")
+        tf.identity(x, name="output")
+    with pytest.raises(grpc.RpcError) as error:
+        _load(inference_stub, "no-input", graph.as_graph_def().SerializeToString())
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'input:0'" in error.value.details()
+    # The same graph loads when its tensor names are given.
+    info = _load(inference_stub, "named", graph.as_graph_def().SerializeToString(),
+                 input_tensor="image:0")
+    assert info.input_tensor == "image:0"
+
+
+def test_output_of_wrong_shape_is_invalid_argument(inference_stub: Stub) -> None:
+    pb = graph_bytes(lambda tf, x: tf.identity(x[:, ::2, ::2, :], name="output"))
+    _load(inference_stub, "half", pb)
+    image = np.zeros((1, 32, 32, 3), np.float32)
+    with pytest.raises(grpc.RpcError) as error:
+        inference_stub.Infer(inference_pb2.InferRequest(model="half", input=to_tensor(image)))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "(1, 16, 16, 3)" in error.value.details() and "input's shape" in error.value.details()
+
+
+def test_bad_requests_get_clear_statuses(inference_stub: Stub) -> None:
+    image = to_tensor(np.zeros((1, 8, 8, 3), np.float32))
+    with pytest.raises(grpc.RpcError) as error:
+        inference_stub.Infer(inference_pb2.InferRequest(model="never-loaded", input=image))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    _load(inference_stub, "tiny2", graph_bytes(_identity_like))
+    broken = common_pb2.Tensor(dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[1, 8, 8, 3],
+                               content=b"\0" * 10)
+    with pytest.raises(grpc.RpcError) as error:
+        inference_stub.Infer(inference_pb2.InferRequest(model="tiny2", input=broken))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "needs 768 bytes" in error.value.details()
+    with pytest.raises(grpc.RpcError) as error:
+        inference_stub.Infer(inference_pb2.InferRequest(
+            model="tiny2", input=image, device=common_pb2.DEVICE_GPU))
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no GPU" in error.value.details()
+
+
+def test_model_repository(tmp_path: Path) -> None:
+    pb = graph_bytes(_identity_like)
+    for version in ("1", "2", "10"):
+        (tmp_path / "enhancer" / version).mkdir(parents=True)
+        (tmp_path / "enhancer" / version / "model.pb").write_bytes(pb)
+    running = create_server("127.0.0.1:0", EngineSettings(repository=tmp_path))
+    try:
+        stub = Stub(open_channel(f"127.0.0.1:{running.port}", 64))
+        model = stub.LoadModel(inference_pb2.LoadModelRequest(
+            repository=inference_pb2.RepositoryModel(name="enhancer"))).model
+        assert model.name == "enhancer" and model.size_bytes == len(pb)
+        for name in ("../enhancer", "enhancer/1"):
+            with pytest.raises(grpc.RpcError) as error:
+                stub.LoadModel(inference_pb2.LoadModelRequest(
+                    repository=inference_pb2.RepositoryModel(name=name)))
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as error:
+            stub.LoadModel(inference_pb2.LoadModelRequest(
+                repository=inference_pb2.RepositoryModel(name="enhancer", version="7")))
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        running.stop(grace=0.5)
