@@ -36,7 +36,7 @@ run: setup
 	$(BIN)/pirm demo
 
 lint: setup
-	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff check services tests $(wildcard bench)
 	$(BIN)/mypy
 
 test: setup lint
