@@ -3,33 +3,42 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 GEN := build/gen
-PROTOS := $(wildcard protos/pirm/v1/*.proto)
+PROTOS := $(wildcard protos/pirm/v1/*.proto) $(wildcard protos/inference/*.proto)
 STAMP_INSTALL := $(VENV)/.installed
 STAMP_PROTOS := $(GEN)/.generated
+# A separate environment for standard clients (tritonclient needs protobuf < 7): the tests use
+# it to show that such clients work against our services without our code.
+CLIENT_VENV := build/client-venv
+STAMP_CLIENT := $(CLIENT_VENV)/.installed
 
 .PHONY: setup protos run test lint unit integration clean bench-inference
 
-setup: $(STAMP_INSTALL) $(STAMP_PROTOS)
+setup: $(STAMP_INSTALL) $(STAMP_PROTOS) $(STAMP_CLIENT)
 
 # The project is installed editable; the generated package `pirm.v1` is mapped to build/gen,
 # so its folder must exist before pip records the mapping.
 $(STAMP_INSTALL): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	mkdir -p $(GEN)/pirm/v1
-	touch $(GEN)/pirm/__init__.py $(GEN)/pirm/v1/__init__.py
+	mkdir -p $(GEN)/pirm/v1 $(GEN)/inference
+	touch $(GEN)/pirm/__init__.py $(GEN)/pirm/v1/__init__.py $(GEN)/inference/__init__.py
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 $(STAMP_PROTOS): $(PROTOS) $(STAMP_INSTALL)
-	mkdir -p $(GEN)/pirm/v1
-	touch $(GEN)/pirm/__init__.py $(GEN)/pirm/v1/__init__.py
+	mkdir -p $(GEN)/pirm/v1 $(GEN)/inference
+	touch $(GEN)/pirm/__init__.py $(GEN)/pirm/v1/__init__.py $(GEN)/inference/__init__.py
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos \
 	    --python_out=$(GEN) --grpc_python_out=$(GEN) \
 	    --mypy_out=$(GEN) --mypy_grpc_out=$(GEN) $(PROTOS)
 	touch $@
 
 protos: $(STAMP_PROTOS)
+
+$(STAMP_CLIENT):
+	test -x $(CLIENT_VENV)/bin/python || $(PYTHON) -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/pip install --quiet 'tritonclient[grpc]==2.73.0' 'numpy==2.4.6'
+	touch $@
 
 # The main job: start the cluster, evaluate the SRCNN baselines of both tracks, print the leaderboards.
 run: setup
@@ -47,6 +56,10 @@ unit: setup
 
 integration: setup
 	$(BIN)/python -m pytest -q tests/integration
+
+# Benchmarks time ours and the reference side by side in one run and print the ratio.
+bench-inference: setup
+	$(BIN)/python -m bench.bench_inference
 
 clean:
 	rm -rf build var .pytest_cache .mypy_cache .ruff_cache

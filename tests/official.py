@@ -19,11 +19,12 @@ class ImageFigures:
     msssim: float
 
 
-def _run_graph(pb: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+def run_graph(pb: Path | bytes, images: list[np.ndarray]) -> list[np.ndarray]:
+    """The model's outputs from a plain TensorFlow session, as the official scripts ran it."""
     import tensorflow as tf
 
     graph_def = tf.compat.v1.GraphDef()
-    graph_def.ParseFromString(pb.read_bytes())
+    graph_def.ParseFromString(pb if isinstance(pb, bytes) else pb.read_bytes())
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.import_graph_def(graph_def, name="")
@@ -43,7 +44,7 @@ def track_a_figures(pb: Path, targets: list[Path]) -> list[ImageFigures]:
         h, w = target.shape[0] // 4 * 4, target.shape[1] // 4 * 4
         target = target[:h, :w]
         model_input = track_a_input_ref(target).astype(np.float32)[None] / np.float32(255)
-        (output,) = _run_graph(pb, [model_input])
+        (output,) = run_graph(pb, [model_input])
         out = np.clip(output[0, 16:-16, 16:-16], 0, 1)
         ref = np.clip(target[16:-16, 16:-16].astype(np.float32) / np.float32(255), 0, 1)
         figures.append(ImageFigures(path.name, psnr_ref(out, ref), msssim_tf_ref(out, ref)))
@@ -54,7 +55,7 @@ def track_b_figures(pb: Path, names: list[str], patches: Path) -> list[ImageFigu
     """Model on iphone/N.jpg; PSNR on clipped output; NumPy MS-SSIM on the unclipped output."""
     inputs = [_read(patches / "iphone" / n).astype(np.float32)[None] / np.float32(255)
               for n in names]
-    outputs = _run_graph(pb, inputs)
+    outputs = run_graph(pb, inputs)
     figures = []
     for name, output in zip(names, outputs, strict=True):
         target = _read(patches / "canon" / name).astype(np.float32) / np.float32(255)

@@ -3,6 +3,7 @@ process, a dead one restarted, all stopped together."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -21,12 +22,20 @@ from services.common.config import DEFAULT_PORTS, env_default
 
 log = logging.getLogger(__name__)
 SERVICES = ("inference", "metrics", "scorer")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child: the kernel sends it SIGTERM when the supervisor dies, even by SIGKILL, so
+    that no service outlives `pirm up`."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # only a C call between fork and exec
 
 
 def configured_ports() -> dict[str, int]:
@@ -91,7 +100,7 @@ class LocalCluster:
             output = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - child owns it
         self._processes[service] = subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"], env=self.env(),
-            stdout=output, stderr=output,
+            stdout=output, stderr=output, preexec_fn=_die_with_parent,
         )
         if output is not None:
             output.close()

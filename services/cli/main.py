@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--json", action="store_true")
     metrics.set_defaults(run=cmd_metrics)
 
+    bench = commands.add_parser("bench", help="time a model in-process as the service does")
+    from services.cli.bench import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(run=cmd_bench)
+
     demo = commands.add_parser(
         "demo", help="start the cluster, evaluate the baselines of both tracks, print leaderboards"
     )
@@ -264,6 +270,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
                      "msssim": json_number(quality.msssim)})
     else:
         print(f"PSNR {quality.psnr:.4f} dB   MS-SSIM {quality.msssim:.6f}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from services.cli.bench import print_report, run_bench
+
+    result = run_bench(args)
+    _print_json(result) if args.json else print_report(result)
     return 0
 
 

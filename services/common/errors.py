@@ -11,6 +11,10 @@ class InvalidArgument(PirmError):
     status = "INVALID_ARGUMENT"
 
 
+class MemoryLimitExceeded(InvalidArgument):
+    """A model needs more memory than the challenge allows (3.5 GB on a 1280x720 image)."""
+
+
 class NotFound(PirmError):
     status = "NOT_FOUND"
 

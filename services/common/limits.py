@@ -10,5 +10,6 @@ DEFAULT_MAX_MODEL_BYTES = 100 * 1024 * 1024  # the challenge's rule (SPEC.md sec
 def check_model_size(size: int, max_bytes: int) -> None:
     if size > max_bytes:
         raise InvalidArgument(
-            f"model file is {size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB"
+            f"model file is {size:,} bytes ({size / 2**20:.1f} MiB); the limit is "
+            f"{max_bytes:,} bytes ({max_bytes / 2**20:.1f} MiB)"
         )

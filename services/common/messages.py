@@ -18,6 +18,7 @@ def timing_to_proto(measured: DeviceTiming) -> common_pb2.Timing:
         inter_op_threads=measured.inter_op_threads,
         node=measured.node,
         input_shape=list(measured.input_shape),
+        peak_memory_mb=measured.peak_memory_mb,
     )
 
 
@@ -29,4 +30,5 @@ def timing_from_proto(message: common_pb2.Timing) -> DeviceTiming:
         inter_op_threads=message.inter_op_threads,
         node=message.node,
         input_shape=tuple(message.input_shape),
+        peak_memory_mb=message.peak_memory_mb,
     )

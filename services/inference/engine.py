@@ -1,4 +1,5 @@
-"""Loaded models and the TensorFlow sessions that run them, one per model and device."""
+"""The server side of inference: which models are loaded, on which device's worker, and the
+device locks that keep timing clean. TensorFlow itself runs in worker processes (worker.py)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,32 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner is not our log
-import tensorflow as tf  # noqa: E402
-
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MemoryLimitExceeded,
+    NotFound,
+    PirmError,
+)
 from services.common.limits import DEFAULT_MAX_MODEL_BYTES, check_model_size
-from services.inference.graphs import GraphSpec, parse_graph, repository_path
-from services.inference.timing import DeviceTiming, TimingOptions, measure
+from services.inference.graphs import GraphSpec, repository_path
+from services.inference.timing import (
+    Comparison,
+    DeviceTiming,
+    RuntimeComparison,
+    Timing,
+    TimingOptions,
+)
+from services.inference.worker import ModelSource, Worker, WorkerSettings, measure_peak_memory
 
 DEVICES = ("cpu", "gpu")
+MIB = 1024 * 1024
+DEFAULT_MEMORY_LIMIT = 3584 * MIB  # the challenge's 3.5 GB on a 1280x720 image
 
 
 @dataclass(frozen=True)
@@ -30,8 +43,26 @@ class EngineSettings:
     inter_op_threads: int = 1
     default_device: str = "cpu"
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT
     repository: Path | None = None
     node: str = field(default_factory=socket.gethostname)
+
+
+WARMUP_SHAPE = (1, 64, 64, 3)
+
+
+@dataclass
+class ModelStatistics:
+    """Cumulative request figures of one model (what Triton's statistics extension reports)."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    compute_ns: int = 0  # session.run alone
+    last_inference_ms: int = 0
+    ready: bool = False  # loaded and warmed up
+    warmup_error: str = ""
 
 
 class DeviceLock:
@@ -69,89 +100,61 @@ class DeviceLock:
                 self._cond.notify_all()
 
 
-class LoadedModel:
-    def __init__(self, spec: GraphSpec, graph_def: tf.compat.v1.GraphDef, settings: EngineSettings):
-        self.spec = spec
-        self._graph_def = graph_def
-        self._settings = settings
-        self._sessions: dict[str, tf.compat.v1.Session] = {}
-        self._lock = threading.Lock()
-
-    def session(self, device: str) -> tf.compat.v1.Session:
-        with self._lock:
-            if device not in self._sessions:
-                self._sessions[device] = self._open_session(device)
-            return self._sessions[device]
-
-    def _open_session(self, device: str) -> tf.compat.v1.Session:
-        graph = tf.Graph()
-        with graph.as_default(), tf.device(f"/{device.upper()}:0"):
-            try:
-                tf.compat.v1.import_graph_def(self._graph_def, name="")
-                graph.get_tensor_by_name(self.spec.input_tensor)
-                graph.get_tensor_by_name(self.spec.output_tensor)
-            except (ValueError, KeyError, tf.errors.OpError) as error:
-                raise InvalidArgument(
-                    f"model {self.spec.name!r} cannot be imported: {error}"
-                ) from error
-        config = tf.compat.v1.ConfigProto(
-            intra_op_parallelism_threads=self._settings.intra_op_threads,
-            inter_op_parallelism_threads=self._settings.inter_op_threads,
-            allow_soft_placement=False,
-        )
-        return tf.compat.v1.Session(graph=graph, config=config)
-
-    def run(self, device: str, image: np.ndarray) -> np.ndarray:
-        session = self.session(device)
-        try:
-            output = session.run(self.spec.output_tensor, {self.spec.input_tensor: image})
-        except tf.errors.OpError as error:
-            first_line = str(error.message).strip().splitlines()[0]
-            raise InvalidArgument(
-                f"model {self.spec.name!r} failed on an input of shape {image.shape}: {first_line}"
-            ) from error
-        output = np.asarray(output)
-        if output.shape != image.shape:
-            raise InvalidArgument(
-                f"model {self.spec.name!r} returned shape {output.shape} for an input of shape "
-                f"{image.shape}; the output must have the input's shape [1, H, W, 3]"
-            )
-        return output
-
-    def close(self) -> None:
-        with self._lock:
-            for session in self._sessions.values():
-                session.close()
-            self._sessions.clear()
-
-
 class Engine:
-    """The models this service holds, by name, and the device locks that keep timing clean."""
+    """The models this service holds, by name, and one worker process per device."""
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
-        self._models: dict[str, LoadedModel] = {}
+        self._sources: dict[str, ModelSource] = {}
+        self._specs: dict[str, GraphSpec] = {}
+        self._stats: dict[str, ModelStatistics] = {}
+        self._workers: dict[str, Worker] = {}
+        self._unavailable: dict[str, str] = {}  # device -> why it cannot run here
         self._lock = threading.Lock()
         self._device_locks = {device: DeviceLock() for device in DEVICES}
+
+    def start(self) -> None:
+        """Starts the default device's worker, so that the first request does not wait."""
+        self._worker(self.settings.default_device).call("ping")
 
     def load(
         self, name: str, data: bytes, input_tensor: str = "", output_tensor: str = ""
     ) -> GraphSpec:
-        graph_def, spec = parse_graph(
-            name, data, input_tensor, output_tensor, self.settings.max_model_bytes
-        )
+        """Vets and loads a graph (in the worker: parsing untrusted bytes is isolated too)."""
+        if not name:
+            raise InvalidArgument("a model needs a name")
+        check_model_size(len(data), self.settings.max_model_bytes)
+        worker = self._worker(self.settings.default_device)
+        source = ModelSource(name, data, input_tensor, output_tensor,
+                             self.settings.max_model_bytes)
+        spec: GraphSpec = worker.call("load", *source.load_args())
         with self._lock:
-            existing = self._models.get(name)
-            if existing and existing.spec == spec:
-                return existing.spec
-        model = LoadedModel(spec, graph_def, self.settings)
-        model.session(self.settings.default_device)  # import now: errors surface at load time
-        with self._lock:
-            previous = self._models.pop(name, None)
-            self._models[name] = model
-        if previous:
-            previous.close()
+            self._sources[name] = source
+            self._specs[name] = spec
+            self._stats[name] = stats = ModelStatistics()
+            for other in self._workers.values():
+                if other is not worker:
+                    other.loaded.discard(name)  # stale: reloaded there on first use
+        worker.loaded.add(name)
+        self._warm_up(name, stats)
         return spec
+
+    def _warm_up(self, name: str, stats: ModelStatistics) -> None:
+        """One run on a small image before the model is reported ready; a model that fails it
+        stays loaded (its requests then fail with the model's own error) but never ready."""
+        try:
+            self.infer(name, np.zeros(WARMUP_SHAPE, np.float32), record=False)
+        except PirmError as error:
+            stats.warmup_error = str(error)
+        else:
+            stats.ready = True
+
+    def statistics(self, name: str) -> ModelStatistics:
+        with self._lock:
+            stats = self._stats.get(name)
+        if stats is None:
+            raise NotFound(f"no model named {name!r} is loaded")
+        return stats
 
     def load_from_repository(
         self, name: str, version: str, input_tensor: str = "", output_tensor: str = ""
@@ -162,33 +165,123 @@ class Engine:
 
     def models(self) -> list[GraphSpec]:
         with self._lock:
-            return [m.spec for m in self._models.values()]
+            return list(self._specs.values())
 
     def unload(self, name: str) -> None:
         with self._lock:
-            model = self._models.pop(name, None)
-        if model is None:
+            source = self._sources.pop(name, None)
+            self._specs.pop(name, None)
+            self._stats.pop(name, None)
+            workers = [w for w in self._workers.values() if name in w.loaded]
+        if source is None:
             raise NotFound(f"no model named {name!r} is loaded")
-        model.close()
+        for worker in workers:
+            worker.loaded.discard(name)
+            worker.call("unload", name)
 
-    def infer(self, name: str, image: np.ndarray, device: str = "") -> tuple[np.ndarray, float]:
+    def infer(self, name: str, image: np.ndarray, device: str = "",
+              record: bool = True) -> tuple[np.ndarray, float]:
         """Runs the model once; returns its output and the wall time of the run in ms."""
-        model, device = self._model(name), self._device(device)
+        device = self._device(device)
         image = _as_model_input(image)
-        with self._device_locks[device].shared():
-            start = time.perf_counter_ns()
-            output = model.run(device, image)
-            return output, (time.perf_counter_ns() - start) / 1e6
+        start = time.perf_counter_ns()
+        try:
+            with self._device_locks[device].shared():
+                output, run_ms = self._worker(device).call("run", name, image,
+                                                           models=self._sources_of(name))
+        except PirmError:
+            if record:
+                self._record(name, time.perf_counter_ns() - start, None)
+            raise
+        if record:
+            self._record(name, time.perf_counter_ns() - start, int(run_ms * 1e6))
+        return output, run_ms
+
+    def _record(self, name: str, elapsed_ns: int, compute_ns: int | None) -> None:
+        with self._lock:
+            stats = self._stats.get(name)
+            if stats is None:
+                return
+            stats.last_inference_ms = int(time.time() * 1000)
+            if compute_ns is None:
+                stats.fail_count += 1
+                stats.fail_ns += elapsed_ns
+            else:
+                stats.success_count += 1
+                stats.success_ns += elapsed_ns
+                stats.compute_ns += compute_ns
 
     def benchmark(
-        self, name: str, image: np.ndarray, options: TimingOptions, device: str = ""
+        self, name: str, image: np.ndarray, options: TimingOptions, device: str = "",
+        measure_memory: bool = False,
     ) -> DeviceTiming:
-        """Times the model on one input, alone on its device."""
-        model, device = self._model(name), self._device(device)
+        """Times the model on one input, alone on its device; optionally its peak memory."""
+        device = self._device(device)
         image = _as_model_input(image)
-        model.run(device, image)  # fail fast on a broken model, before taking the lock
         with self._device_locks[device].exclusive():
-            timing = measure(lambda: model.run(device, image), options)
+            timing: Timing = self._worker(device).call("benchmark", name, image, options,
+                                                       models=self._sources_of(name))
+            measured = self._device_timing(timing, device, image)
+            if measure_memory:
+                measured = replace(measured, peak_memory_mb=self._peak_memory_mb(name, image,
+                                                                                 device))
+        return measured
+
+    def benchmark_pirm2018(self, name: str, images: list[np.ndarray],
+                           device: str = "") -> DeviceTiming:
+        """The challenge's own timing (4 HD images, the last 2 averaged), for comparison."""
+        device = self._device(device)
+        images = [_as_model_input(image) for image in images]
+        with self._device_locks[device].exclusive():
+            timing: Timing = self._worker(device).call("benchmark_pirm2018", name, images,
+                                                       models=self._sources_of(name))
+        return self._device_timing(timing, device, images[0])
+
+    def compare(
+        self, name: str, baseline: str, image: np.ndarray, options: TimingOptions,
+        device: str = "", measure_memory: bool = False,
+    ) -> RuntimeComparison:
+        """Times the model and the baseline interleaved on the same worker and settings."""
+        device = self._device(device)
+        image = _as_model_input(image)
+        with self._device_locks[device].exclusive():
+            result: Comparison = self._worker(device).call(
+                "compare", name, baseline, image, options, models=self._sources_of(name, baseline)
+            )
+            solution = self._device_timing(result.solution, device, image)
+            if measure_memory:
+                solution = replace(solution, peak_memory_mb=self._peak_memory_mb(name, image,
+                                                                                 device))
+        return RuntimeComparison(
+            solution=solution,
+            baseline=self._device_timing(result.baseline, device, image),
+            speed_ratio=result.speed_ratio,
+            ratio_ci95_low=result.ratio_ci95_low,
+            ratio_ci95_high=result.ratio_ci95_high,
+        )
+
+    def worker_restarts(self) -> int:
+        with self._lock:
+            return sum(w.restarts for w in self._workers.values())
+
+    def close(self) -> None:
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.stop()
+
+    def _peak_memory_mb(self, name: str, image: np.ndarray, device: str) -> float:
+        (source,) = self._sources_of(name)
+        limit = self.settings.memory_limit_bytes
+        peak = measure_peak_memory(self._worker_settings(device), source, image, limit)
+        if peak > limit:
+            raise MemoryLimitExceeded(
+                f"model {name!r} exceeds the memory limit: its peak is {peak / MIB:.0f} MiB on "
+                f"an input of shape {image.shape}, the limit {limit / MIB:.0f} MiB"
+            )
+        return peak / MIB
+
+    def _device_timing(self, timing: Timing, device: str, image: np.ndarray) -> DeviceTiming:
         return DeviceTiming(
             timing=timing,
             device=device,
@@ -198,28 +291,39 @@ class Engine:
             input_shape=tuple(image.shape),
         )
 
-    def close(self) -> None:
+    def _sources_of(self, *names: str) -> tuple[ModelSource, ...]:
         with self._lock:
-            models = list(self._models.values())
-            self._models.clear()
-        for model in models:
-            model.close()
+            missing = [name for name in names if name not in self._sources]
+            if missing:
+                raise NotFound(f"no model named {missing[0]!r} is loaded; call LoadModel first")
+            return tuple(self._sources[name] for name in names)
 
-    def _model(self, name: str) -> LoadedModel:
+    def _worker_settings(self, device: str) -> WorkerSettings:
+        return WorkerSettings(device, self.settings.intra_op_threads,
+                              self.settings.inter_op_threads)
+
+    def _worker(self, device: str) -> Worker:
         with self._lock:
-            model = self._models.get(name)
-        if model is None:
-            raise NotFound(f"no model named {name!r} is loaded; call LoadModel first")
-        return model
+            if device in self._unavailable:
+                raise FailedPrecondition(self._unavailable[device])
+            worker = self._workers.get(device)
+            if worker is None:
+                worker = self._workers[device] = Worker(self._worker_settings(device))
+        return worker
 
     def _device(self, device: str) -> str:
         device = device or self.settings.default_device
         if device not in DEVICES:
             raise InvalidArgument(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
-        if device == "gpu" and not tf.config.list_physical_devices("GPU"):
-            raise FailedPrecondition(
-                "this inference node has no GPU; run the request on a GPU node or use device cpu"
-            )
+        if device in self._unavailable:
+            raise FailedPrecondition(self._unavailable[device])
+        if device != self.settings.default_device:
+            try:
+                self._worker(device).call("ping")
+            except FailedPrecondition as error:
+                with self._lock:
+                    self._unavailable[device] = str(error)
+                raise
         return device
 
 

@@ -1,6 +1,7 @@
 """Reading an untrusted frozen graph: size limit, parsing, op allowlist, tensor names.
 
-Everything here happens before TensorFlow imports the graph, so that a hostile file is
+Parsing runs in the worker processes (TensorFlow's GraphDef class is imported there only);
+everything here happens before TensorFlow imports the graph, so that a hostile file is
 rejected with a precise message before any of its ops can be instantiated.
 """
 
@@ -10,12 +11,15 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
-from tensorflow.core.framework import graph_pb2
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.limits import DEFAULT_MAX_MODEL_BYTES, check_model_size
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework import graph_pb2
 
 DEFAULT_INPUT = "input:0"
 DEFAULT_OUTPUT = "output:0"
@@ -69,6 +73,8 @@ def parse_graph(
     """Parses and vets a serialized GraphDef; raises InvalidArgument saying what is wrong."""
     if not name:
         raise InvalidArgument("a model needs a name")
+    from tensorflow.core.framework import graph_pb2  # only in worker processes
+
     check_model_size(len(data), max_bytes)
     graph_def = graph_pb2.GraphDef()
     try:

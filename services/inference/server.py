@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from inference import open_inference_pb2 as oip
+from inference import open_inference_pb2_grpc as oip_grpc
 from pirm.v1 import inference_pb2, inference_pb2_grpc
 
 from services.common.config import MIB, add_server_flags, env_default
@@ -19,9 +21,11 @@ from services.common.server import (
     create_server as create_grpc_server,
 )
 from services.inference.engine import Engine, EngineSettings
+from services.inference.open_inference import OpenInferenceServicer
 from services.inference.servicer import InferenceServicer
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+OPEN_INFERENCE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 def create_server(
@@ -31,12 +35,17 @@ def create_server(
     workers: int = 8,
 ) -> RunningServer:
     engine = Engine(settings or EngineSettings())
-    binding = ServiceBinding(
-        SERVICE_NAME, inference_pb2_grpc.add_InferenceServiceServicer_to_server,
-        InferenceServicer(engine),
-    )
-    running = create_grpc_server(address, [binding], max_message_mb, workers)
+    bindings = [
+        ServiceBinding(SERVICE_NAME, inference_pb2_grpc.add_InferenceServiceServicer_to_server,
+                       InferenceServicer(engine)),
+        # The standard protocol on the same port, over the same models.
+        ServiceBinding(OPEN_INFERENCE_NAME,
+                       oip_grpc.add_GRPCInferenceServiceServicer_to_server,
+                       OpenInferenceServicer(engine)),
+    ]
+    running = create_grpc_server(address, bindings, max_message_mb, workers)
     running.on_stop.append(engine.close)
+    engine.start()  # SERVING only once a TensorFlow worker is up
     running.mark_serving()
     return running
 
@@ -65,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         "--max-model-mb", type=int, default=env_default("PIRM_MAX_MODEL_MB", 100, int),
         help="largest model file accepted, in MiB (env PIRM_MAX_MODEL_MB)",
     )
+    parser.add_argument(
+        "--memory-limit-mb", type=int, default=env_default("PIRM_MEMORY_LIMIT_MB", 3584, int),
+        help="peak memory a model may use on an HD image, in MiB (env PIRM_MEMORY_LIMIT_MB)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     settings = EngineSettings(
@@ -72,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         inter_op_threads=args.inter_op_threads,
         default_device=args.device,
         max_model_bytes=args.max_model_mb * MIB,
+        memory_limit_bytes=args.memory_limit_mb * MIB,
         repository=args.repository,
         node=env_default("PIRM_NODE_NAME", EngineSettings().node),
     )

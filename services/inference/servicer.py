@@ -84,7 +84,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.BenchmarkRequest, context: grpc.ServicerContext
     ) -> inference_pb2.BenchmarkResponse:
         image = from_tensor(request.input, "input")
-        measured = self.engine.benchmark(
-            request.model, image, timing_options(request.options), _DEVICES[request.device]
+        options, device = timing_options(request.options), _DEVICES[request.device]
+        if not request.baseline_model:
+            measured = self.engine.benchmark(request.model, image, options, device,
+                                             request.measure_memory)
+            return inference_pb2.BenchmarkResponse(timing=timing_to_proto(measured))
+        result = self.engine.compare(request.model, request.baseline_model, image, options,
+                                     device, request.measure_memory)
+        return inference_pb2.BenchmarkResponse(
+            timing=timing_to_proto(result.solution),
+            baseline_timing=timing_to_proto(result.baseline),
+            speed_ratio=result.speed_ratio,
+            speed_ratio_ci95_low=result.ratio_ci95_low,
+            speed_ratio_ci95_high=result.ratio_ci95_high,
         )
-        return inference_pb2.BenchmarkResponse(timing=timing_to_proto(measured))

@@ -18,7 +18,7 @@ from services.common import errors
 from services.common.messages import timing_from_proto
 from services.common.server import open_channel
 from services.common.tensors import from_tensor, to_tensor
-from services.inference.timing import DeviceTiming, TimingOptions
+from services.inference.timing import DeviceTiming, RuntimeComparison, TimingOptions
 from services.metrics.quality import Flavor, PairQuality, QualityOptions
 
 T = TypeVar("T")
@@ -80,20 +80,38 @@ class InferenceClient:
         )
         return from_tensor(response.output, "model output")
 
-    def benchmark(self, model: str, image: np.ndarray, options: TimingOptions) -> DeviceTiming:
+    def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
+                  measure_memory: bool = False) -> DeviceTiming:
+        response = self._benchmark(model, "", image, options, measure_memory)
+        return timing_from_proto(response.timing)
+
+    def compare(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
+                measure_memory: bool = False) -> RuntimeComparison:
+        response = self._benchmark(model, baseline, image, options, measure_memory)
+        return RuntimeComparison(
+            solution=timing_from_proto(response.timing),
+            baseline=timing_from_proto(response.baseline_timing),
+            speed_ratio=response.speed_ratio,
+            ratio_ci95_low=response.speed_ratio_ci95_low,
+            ratio_ci95_high=response.speed_ratio_ci95_high,
+        )
+
+    def _benchmark(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
+                   measure_memory: bool) -> inference_pb2.BenchmarkResponse:
         request = inference_pb2.BenchmarkRequest(
             model=model,
+            baseline_model=baseline,
             input=to_tensor(image),
             device=common_pb2.DEVICE_UNSPECIFIED,
             options=inference_pb2.TimingOptions(
                 warmup_runs=options.warmup_runs, min_runs=options.min_runs,
                 min_seconds=options.min_seconds, max_runs=options.max_runs,
             ),
+            measure_memory=measure_memory,
         )
-        response = call_with_retry(
+        return call_with_retry(
             "inference", lambda: self._stub.Benchmark(request, timeout=self._deadline)
         )
-        return timing_from_proto(response.timing)
 
     def close(self) -> None:
         self._channel.close()

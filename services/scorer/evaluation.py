@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from services.common.errors import FailedPrecondition
-from services.inference.timing import DeviceTiming, TimingOptions
+from services.inference.timing import DeviceTiming, RuntimeComparison, TimingOptions
 from services.metrics.quality import PairQuality, QualityOptions
 from services.scorer.jobs import Job, JobResult
 from services.scorer.protocol import (
@@ -49,7 +49,11 @@ class InferenceBackend(Protocol):
 
     def infer(self, model: str, image: np.ndarray) -> np.ndarray: ...
 
-    def benchmark(self, model: str, image: np.ndarray, options: TimingOptions) -> DeviceTiming: ...
+    def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
+                  measure_memory: bool = False) -> DeviceTiming: ...
+
+    def compare(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
+                measure_memory: bool = False) -> RuntimeComparison: ...
 
 
 class MetricsBackend(Protocol):
@@ -70,28 +74,34 @@ class EvaluationSettings:
     kappa: float = KAPPA
     mos_ref: dict[Track, float] = field(default_factory=dict)  # overrides of published values
     metrics_in_flight: int = 2  # metric calls overlapping the next images' inference
+    # interleaved: model and baseline timed A B A B ... in each job (drift cancels);
+    # cached: the baseline timed alone, once per track, node and input size, until too old.
+    timing_mode: str = "interleaved"
 
 
 class BaselineTimings:
-    """The baseline's runtime per track and input shape, re-measured when older than max_age."""
+    """The track baselines: loaded on the inference service, and in cached timing mode their
+    runtime per track, node and input size, re-measured when older than max_age."""
 
     def __init__(self, inference: InferenceBackend, settings: EvaluationSettings) -> None:
         self._inference = inference
         self._settings = settings
-        self._cache: dict[tuple[Track, tuple[int, ...]], tuple[float, DeviceTiming]] = {}
+        self._cache: dict[tuple[Track, tuple[int, ...], str], tuple[float, DeviceTiming]] = {}
         self._lock = threading.Lock()
 
-    def get(self, track: Track, image: np.ndarray) -> DeviceTiming:
-        key = (track, tuple(image.shape))
+    def load(self, track: Track) -> str:
+        return self._inference.load_model(
+            f"baseline-{track.value}", self._settings.baselines[track], "", "", ""
+        )
+
+    def cached(self, track: Track, image: np.ndarray, node: str) -> DeviceTiming:
+        key = (track, tuple(image.shape), node)
         with self._lock:
             cached = self._cache.get(key)
             if cached and time.time() - cached[0] < self._settings.baseline_max_age_s:
                 return cached[1]
-            name = self._inference.load_model(
-                f"baseline-{track.value}", self._settings.baselines[track], "", "", ""
-            )
-            timing = self._inference.benchmark(name, image, self._settings.timing)
-            self._cache[key] = (time.time(), timing)
+            timing = self._inference.benchmark(self.load(track), image, self._settings.timing)
+            self._cache[(track, tuple(image.shape), timing.node)] = (time.time(), timing)
             return timing
 
 
@@ -124,9 +134,9 @@ class Evaluation:
         model = self._load_model()
         self._measure_quality(model, items)
         self._progress(len(items), len(items), "timing")
-        runtime, baseline = self._measure_runtime(model, dataset)
+        runtime = self._measure_runtime(model, dataset)
         self._progress(len(items), len(items), "scoring")
-        return self._result(runtime, baseline, len(items))
+        return self._result(runtime, len(items))
 
     def _load_model(self) -> str:
         spec = self.spec
@@ -172,15 +182,29 @@ class Evaluation:
             for future in pending:
                 future.result()
 
-    def _measure_runtime(self, model: str, dataset: Path) -> tuple[DeviceTiming, DeviceTiming]:
+    def _measure_runtime(self, model: str, dataset: Path) -> RuntimeComparison:
+        """The model's runtime and peak memory on the HD image, and the baseline's runtime on
+        the same node, device and thread settings."""
         image = timing_input(self.spec.track, dataset)
         if self.stopping.is_set():
             raise Interrupted()
-        runtime = self.inference.benchmark(model, image, self.settings.timing)
-        baseline = self.baselines.get(self.spec.track, image)
-        return runtime, baseline
+        track, options = self.spec.track, self.settings.timing
+        if self.settings.timing_mode == "interleaved":
+            baseline = self.baselines.load(track)
+            return self.inference.compare(model, baseline, image, options, measure_memory=True)
+        runtime = self.inference.benchmark(model, image, options, measure_memory=True)
+        base = self.baselines.cached(track, image, runtime.node)
+        return RuntimeComparison(
+            solution=runtime,
+            baseline=base,
+            speed_ratio=base.timing.median_ms / runtime.timing.median_ms,
+            # Independent measurements: the ratio of the two medians' intervals bounds it.
+            ratio_ci95_low=base.timing.ci95_low_ms / runtime.timing.ci95_high_ms,
+            ratio_ci95_high=base.timing.ci95_high_ms / runtime.timing.ci95_low_ms,
+        )
 
-    def _result(self, runtime: DeviceTiming, baseline: DeviceTiming, images: int) -> JobResult:
+    def _result(self, comparison: RuntimeComparison, images: int) -> JobResult:
+        runtime, baseline = comparison.solution, comparison.baseline
         per_image = self.store.image_results(self.job.job_id)
         if len(per_image) != images:
             raise FailedPrecondition(
@@ -209,6 +233,9 @@ class Evaluation:
             constants=score_constants(inputs),
             images=images,
             software=software_versions(),
+            speed_ratio=comparison.speed_ratio,
+            speed_ratio_ci95=(comparison.ratio_ci95_low, comparison.ratio_ci95_high),
+            timing_mode=self.settings.timing_mode,
         )
 
     def _progress(self, done: int, total: int, stage: str) -> None:

@@ -52,6 +52,9 @@ class JobResult:
     constants: ScoreConstants
     images: int
     software: str
+    speed_ratio: float = 0.0  # baseline / solution runtime, before the cap
+    speed_ratio_ci95: tuple[float, float] = (0.0, 0.0)
+    timing_mode: str = "interleaved"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -68,7 +71,8 @@ class JobResult:
             **{**raw, "runtime": timing(raw["runtime"]),
                "baseline_runtime": timing(raw["baseline_runtime"]),
                "scores": Scores(**raw["scores"]),
-               "constants": ScoreConstants(**raw["constants"])}
+               "constants": ScoreConstants(**raw["constants"]),
+               "speed_ratio_ci95": tuple(raw.get("speed_ratio_ci95", (0.0, 0.0)))}
         )
 
 

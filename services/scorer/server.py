@@ -42,6 +42,7 @@ class ScorerConfig:
     timing: TimingOptions = field(default_factory=TimingOptions)
     baseline_max_age_s: float = 3600.0
     concurrency: int = 1
+    timing_mode: str = "interleaved"
     kappa: float = KAPPA
     mos_ref: dict[Track, float] = field(default_factory=dict)
     max_model_bytes: int = 100 * MIB
@@ -61,6 +62,7 @@ def create_server(address: str, config: ScorerConfig, workers: int = 16) -> Runn
         baselines=baselines,
         timing=config.timing,
         baseline_max_age_s=config.baseline_max_age_s,
+        timing_mode=config.timing_mode,
         kappa=config.kappa,
         mos_ref=config.mos_ref,
     )
@@ -105,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
                         default=env("PIRM_TIMING_MIN_SECONDS", defaults.min_seconds, float))
     parser.add_argument("--timing-max-runs", type=int,
                         default=env("PIRM_TIMING_MAX_RUNS", defaults.max_runs, int))
+    parser.add_argument("--timing-mode", choices=["interleaved", "cached"],
+                        default=env("PIRM_TIMING_MODE", "interleaved"),
+                        help="time model and baseline alternately in every job, or reuse a "
+                             "cached baseline figure (env PIRM_TIMING_MODE)")
     parser.add_argument("--baseline-max-age-s", type=float,
                         default=env("PIRM_BASELINE_MAX_AGE_S", 3600.0, float),
                         help="re-time the baseline when its figure is older (env "
@@ -126,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         timing=TimingOptions(args.timing_warmup_runs, args.timing_min_runs,
                              args.timing_min_seconds, args.timing_max_runs).validated(),
         baseline_max_age_s=args.baseline_max_age_s,
+        timing_mode=args.timing_mode,
         concurrency=args.concurrency,
         kappa=args.kappa,
         mos_ref={t: v for t, v in ((Track.A, args.mos_ref_a), (Track.B, args.mos_ref_b))

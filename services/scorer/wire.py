@@ -82,5 +82,9 @@ def job_message(job: Job) -> scorer_pb2.Job:
             ),
             images=r.images,
             software=r.software,
+            speed_ratio=r.speed_ratio,
+            speed_ratio_ci95_low=r.speed_ratio_ci95[0],
+            speed_ratio_ci95_high=r.speed_ratio_ci95[1],
+            timing_mode=r.timing_mode,
         ))
     return message

@@ -97,3 +97,22 @@ def test_pirm_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+def test_bench_in_process(tmp_path: Path) -> None:
+    from tests.integration.helpers import graph_bytes
+
+    model = tmp_path / "relu.pb"
+    model.write_bytes(graph_bytes(lambda tf, x: tf.identity(tf.nn.relu(x), name="output")))
+    image = tmp_path / "hd.png"
+    Image.fromarray(np.zeros((72, 128, 3), np.uint8)).save(image)
+    fast = ("--warmup-runs", "1", "--min-runs", "6", "--min-seconds", "0")
+    result = json.loads(pirm("bench", "--model", str(model), "--image", str(image), *fast,
+                             "--json").stdout)
+    assert result["runs"] >= 6 and result["input_shape"] == [1, 72, 128, 3]
+    low, high = result["ci95_ms"]
+    assert result["min_ms"] <= low <= result["median_ms"] <= high <= result["max_ms"]
+    assert result["p90_ms"] >= result["median_ms"] and result["peak_memory_mb"] > 0
+    official = json.loads(pirm("bench", "--model", str(model), "--image", str(image),
+                               "--protocol", "pirm2018", "--json").stdout)
+    assert official["protocol"] == "pirm2018" and official["runs"] == 2

@@ -15,24 +15,13 @@ from services.inference.engine import EngineSettings
 from services.inference.server import create_server
 from tests.integration.conftest import Cluster
 from tests.integration.helpers import graph_bytes, is_serving
+from tests.official import run_graph
 
 Stub = inference_pb2_grpc.InferenceServiceStub
 
 
 def _identity_like(tf: object, x: object) -> None:
     tf.identity(tf.nn.relu(x) * 1.0, name="output")  # type: ignore[attr-defined]
-
-
-def _session_output(pb: bytes, image: np.ndarray) -> np.ndarray:
-    import tensorflow as tf
-
-    graph_def = tf.compat.v1.GraphDef()
-    graph_def.ParseFromString(pb)
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(graph_def, name="")
-    with tf.compat.v1.Session(graph=graph) as session:
-        return np.asarray(session.run("output:0", {"input:0": image}))
 
 
 def _load(stub: Stub, name: str, pb: bytes, **kw: str) -> inference_pb2.ModelInfo:
@@ -51,7 +40,7 @@ def test_hd_image_round_trip_equals_plain_session(pirm_data: Path, inference_stu
     )
     output = from_tensor(response.output)
     assert output.shape == image.shape and output.dtype == np.float32
-    np.testing.assert_allclose(output, _session_output(pb, image), atol=1e-5)
+    np.testing.assert_allclose(output, run_graph(pb, [image])[0], atol=1e-5)
     assert response.run_ms > 0
 
 
@@ -65,7 +54,7 @@ def test_benchmark_reports_consistent_statistics(inference_stub: Stub) -> None:
         inference_pb2.BenchmarkRequest(model="tiny", input=to_tensor(image), options=options),
         timeout=60,
     ).timing
-    assert timing.runs >= 12 and timing.warmup_runs == 2
+    assert timing.runs >= 12 and timing.warmup_runs >= 2  # more while runs still speed up
     assert timing.min_ms <= timing.ci95_low_ms <= timing.median_ms <= timing.ci95_high_ms
     assert timing.median_ms <= timing.p90_ms <= timing.max_ms
     assert timing.device == "cpu" and timing.intra_op_threads >= 1 and timing.node
@@ -167,5 +156,62 @@ def test_model_repository(tmp_path: Path) -> None:
             stub.LoadModel(inference_pb2.LoadModelRequest(
                 repository=inference_pb2.RepositoryModel(name="enhancer", version="7")))
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        running.stop(grace=0.5)
+
+
+def test_interleaved_comparison_gives_the_speed_ratio(inference_stub: Stub) -> None:
+    """A model doing 16x the work of the baseline is slower; the ratio is baseline/model."""
+    _load(inference_stub, "light", graph_bytes(_identity_like))
+
+    def heavy(tf: object, x: object) -> None:
+        big = tf.tile(x, [1, 4, 4, 1])  # type: ignore[attr-defined]
+        tf.identity(x + tf.reduce_mean(tf.sqrt(big + 1.0)) * 0.0,  # type: ignore[attr-defined]
+                    name="output")
+
+    _load(inference_stub, "heavy", graph_bytes(heavy))
+    image = np.random.default_rng(0).random((1, 256, 256, 3), dtype=np.float32)
+    response = inference_stub.Benchmark(inference_pb2.BenchmarkRequest(
+        model="heavy", baseline_model="light", input=to_tensor(image),
+        options=inference_pb2.TimingOptions(warmup_runs=2, min_runs=15, min_seconds=0.1)),
+        timeout=120)
+    assert response.timing.runs == response.baseline_timing.runs >= 15
+    ratio = response.baseline_timing.median_ms / response.timing.median_ms
+    assert response.speed_ratio == pytest.approx(ratio)
+    assert response.speed_ratio_ci95_low <= response.speed_ratio <= response.speed_ratio_ci95_high
+    assert response.speed_ratio < 1.0  # the heavy model is the slower one
+
+
+def test_hostile_ops_are_refused_before_import(cluster: Cluster, inference_stub: Stub,
+                                               tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("team B's results")
+    reader = graph_bytes(lambda tf, x: tf.identity(
+        x + tf.cast(tf.strings.length(tf.io.read_file(str(secret))), tf.float32) * 0.0,
+        name="output"))
+    with pytest.raises(grpc.RpcError) as error:
+        _load(inference_stub, "reader", reader)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ReadFile" in error.value.details()
+
+    def python_op(tf: object, x: object) -> None:
+        y = tf.compat.v1.py_func(lambda a: a, [x], tf.float32)  # type: ignore[attr-defined]
+        tf.identity(y, name="output")  # type: ignore[attr-defined]
+
+    with pytest.raises(grpc.RpcError) as error:
+        _load(inference_stub, "python", graph_bytes(python_op))
+    assert "PyFunc" in error.value.details()
+    assert is_serving(cluster.channel(cluster.inference))
+
+
+def test_oversized_model_is_refused_before_parsing(tmp_path: Path) -> None:
+    running = create_server("127.0.0.1:0", EngineSettings(max_model_bytes=1024))
+    try:
+        stub = Stub(open_channel(f"127.0.0.1:{running.port}", 64))
+        with pytest.raises(grpc.RpcError) as error:
+            _load(stub, "big", b"\0" * 4096)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "model file is 4,096 bytes" in error.value.details()
+        assert "the limit is 1,024 bytes" in error.value.details()
     finally:
         running.stop(grace=0.5)

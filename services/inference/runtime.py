@@ -1,0 +1,146 @@
+"""What runs inside an inference worker process: TensorFlow sessions of vetted graphs on one
+device. Nothing here is imported by the gRPC server process, so a model that crashes
+TensorFlow takes down only its worker."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner is not our log
+import tensorflow as tf  # noqa: E402
+
+from services.common.errors import (  # noqa: E402
+    FailedPrecondition,
+    InvalidArgument,
+    MemoryLimitExceeded,
+    NotFound,
+)
+from services.inference.graphs import GraphSpec, parse_graph  # noqa: E402
+from services.inference.timing import (  # noqa: E402
+    Comparison,
+    Timing,
+    TimingOptions,
+    measure,
+    measure_interleaved,
+    measure_pirm2018,
+)
+
+
+class LoadedModel:
+    def __init__(self, spec: GraphSpec, graph_def: tf.compat.v1.GraphDef, device: str,
+                 config: tf.compat.v1.ConfigProto) -> None:
+        self.spec = spec
+        graph = tf.Graph()
+        with graph.as_default(), tf.device(f"/{device.upper()}:0"):
+            try:
+                tf.compat.v1.import_graph_def(graph_def, name="")
+                graph.get_tensor_by_name(spec.input_tensor)
+                graph.get_tensor_by_name(spec.output_tensor)
+            except (ValueError, KeyError, tf.errors.OpError) as error:
+                raise InvalidArgument(f"model {spec.name!r} cannot be imported: {error}") from error
+        self.session = tf.compat.v1.Session(graph=graph, config=config)
+
+    def run(self, image: np.ndarray) -> np.ndarray:
+        try:
+            output = self.session.run(self.spec.output_tensor, {self.spec.input_tensor: image})
+        except tf.errors.ResourceExhaustedError as error:
+            raise MemoryLimitExceeded(
+                f"model {self.spec.name!r} exceeds the memory limit on an input of shape "
+                f"{image.shape}: {_first_line(error)}"
+            ) from error
+        except tf.errors.OpError as error:
+            raise InvalidArgument(
+                f"model {self.spec.name!r} failed on an input of shape {image.shape}: "
+                f"{_first_line(error)}"
+            ) from error
+        output = np.asarray(output)
+        if output.shape != image.shape:
+            raise InvalidArgument(
+                f"model {self.spec.name!r} returned shape {output.shape} for an input of shape "
+                f"{image.shape}; the output must have the input's shape [1, H, W, 3]"
+            )
+        return output
+
+
+class ModelRuntime:
+    """The models of one worker process, all on one device."""
+
+    def __init__(self, device: str, intra_op_threads: int, inter_op_threads: int) -> None:
+        if device == "gpu" and not tf.config.list_physical_devices("GPU"):
+            raise FailedPrecondition(
+                "this inference node has no GPU; run the request on a GPU node or use device cpu"
+            )
+        self.device = device
+        self.config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=intra_op_threads,
+            inter_op_parallelism_threads=inter_op_threads,
+            allow_soft_placement=False,
+        )
+        self.models: dict[str, LoadedModel] = {}
+
+    def ping(self) -> str:
+        return self.device
+
+    def load(self, name: str, data: bytes, input_tensor: str, output_tensor: str,
+             max_bytes: int) -> GraphSpec:
+        graph_def, spec = parse_graph(name, data, input_tensor, output_tensor, max_bytes)
+        existing = self.models.get(name)
+        if existing is not None and existing.spec == spec:
+            return spec
+        self.models[name] = LoadedModel(spec, graph_def, self.device, self.config)
+        if existing is not None:
+            existing.session.close()
+        return spec
+
+    def unload(self, name: str) -> None:
+        model = self.models.pop(name, None)
+        if model is not None:
+            model.session.close()
+
+    def run(self, name: str, image: np.ndarray) -> tuple[np.ndarray, float]:
+        model = self._model(name)
+        start = time.perf_counter_ns()
+        output = model.run(image)
+        return output, (time.perf_counter_ns() - start) / 1e6
+
+    def benchmark(self, name: str, image: np.ndarray, options: TimingOptions) -> Timing:
+        model = self._model(name)
+        return measure(lambda: model.run(image), options)
+
+    def benchmark_pirm2018(self, name: str, images: list[np.ndarray]) -> Timing:
+        model = self._model(name)
+        return measure_pirm2018(lambda index: model.run(images[index]), len(images))
+
+    def compare(self, name: str, baseline: str, image: np.ndarray,
+                options: TimingOptions) -> Comparison:
+        """Times the model and the baseline in alternation (A B A B ...) so drift cancels."""
+        model, base = self._model(name), self._model(baseline)
+        return measure_interleaved(lambda: model.run(image), lambda: base.run(image), options)
+
+    def gpu_peak_bytes(self) -> int:
+        """TensorFlow's own peak allocation on the GPU since this process started."""
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+
+    def _model(self, name: str) -> LoadedModel:
+        model = self.models.get(name)
+        if model is None:
+            raise NotFound(f"no model named {name!r} is loaded; call LoadModel first")
+        return model
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def peak_resident_bytes() -> int:
+    """The kernel's high-water mark of this process's resident memory (ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _first_line(error: tf.errors.OpError) -> str:
+    return str(error.message).strip().splitlines()[0]

@@ -1,0 +1,233 @@
+"""Inference worker processes: TensorFlow runs in a child process per device, supervised by the
+server. A model that crashes or aborts TensorFlow fails its request with a clear error; the
+worker is started again and the service keeps serving.
+
+Workers are started with the spawn method (a fresh interpreter), which is safe even after the
+gRPC server exists, unlike fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import resource
+import signal
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from services.common import errors
+
+log = logging.getLogger(__name__)
+_CONTEXT = multiprocessing.get_context("spawn")
+_POLL_S = 0.2
+
+
+class WorkerCrashed(errors.InvalidArgument):
+    """The model took its worker process down (a TensorFlow abort, a segfault, the OOM killer)."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a worker needs to (re)load a model after it starts or restarts."""
+
+    name: str
+    data: bytes
+    input_tensor: str
+    output_tensor: str
+    max_bytes: int
+
+    def load_args(self) -> tuple[Any, ...]:
+        return (self.name, self.data, self.input_tensor, self.output_tensor, self.max_bytes)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    device: str
+    intra_op_threads: int
+    inter_op_threads: int
+
+
+def _serve(conn: Connection, settings: WorkerSettings) -> None:
+    """The worker's loop: (method, args) in, ("ok", result) or ("error", (kind, text)) out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
+    try:
+        from services.inference.runtime import ModelRuntime
+
+        runtime = ModelRuntime(settings.device, settings.intra_op_threads,
+                               settings.inter_op_threads)
+    except errors.PirmError as error:
+        conn.send(("error", (type(error).__name__, str(error))))
+        return
+    conn.send(("ok", None))
+    while True:
+        try:
+            method, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(_call(runtime, method, args))
+
+
+def _call(target: Any, method: str, args: tuple[Any, ...]) -> tuple[str, Any]:
+    try:
+        return "ok", getattr(target, method)(*args)
+    except errors.PirmError as error:
+        return "error", (type(error).__name__, str(error))
+    except Exception as error:  # noqa: BLE001 - reported to the caller, the worker lives on
+        return "error", ("PirmError", f"{type(error).__name__}: {error}")
+
+
+def _raise(kind: str, text: str) -> None:
+    """Raises in the server the domain error the worker reported."""
+    cls = getattr(errors, kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.PirmError)):
+        cls = errors.PirmError
+    raise cls(text)
+
+
+class Worker:
+    """The server's handle on one worker process; one request at a time."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.restarts = 0
+        self.loaded: set[str] = set()  # model names loaded in the current process
+        self._lock = threading.Lock()
+        self._process: Any = None
+        self._conn: Connection | None = None
+
+    def call(self, method: str, *args: Any, models: tuple[ModelSource, ...] = ()) -> Any:
+        """Calls the runtime in the worker, (re)starting it and loading `models` first if the
+        current process does not hold them."""
+        with self._lock:
+            if self._process is None or not self._process.is_alive():
+                self._start()
+            for model in models:
+                if model.name not in self.loaded:
+                    self._request("load", model.load_args())
+                    self.loaded.add(model.name)
+            return self._request(method, args)
+
+    def _request(self, method: str, args: tuple[Any, ...]) -> Any:
+        assert self._conn is not None
+        self._conn.send((method, args))
+        status, value = self._receive(method)
+        if status == "error":
+            _raise(*value)
+        return value
+
+    def _start(self) -> None:
+        if self._process is not None:
+            self.restarts += 1
+        parent, child = _CONTEXT.Pipe()
+        self._process = _CONTEXT.Process(
+            target=_serve, args=(child, self.settings), daemon=True,
+            name=f"inference-worker-{self.settings.device}",
+        )
+        self._process.start()
+        child.close()
+        self._conn = parent
+        self.loaded.clear()
+        status, value = self._receive("start")
+        if status == "error":
+            self._process.join(5)
+            self._process = None
+            _raise(*value)
+        log.info("worker started", extra={"device": self.settings.device,
+                                          "pid": self._process.pid, "restarts": self.restarts})
+
+    def _receive(self, method: str) -> tuple[str, Any]:
+        assert self._conn is not None
+        while not self._conn.poll(_POLL_S):
+            if not self._process.is_alive():
+                break
+        else:
+            try:
+                return tuple(self._conn.recv())
+            except EOFError:
+                pass
+        self._process.join(5)
+        code = self._process.exitcode
+        self._process = None
+        cause = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+        log.warning("worker died", extra={"device": self.settings.device, "method": method,
+                                          "cause": cause})
+        raise WorkerCrashed(
+            f"the model crashed its inference worker during {method} ({cause}); the worker "
+            "was restarted, other requests are unaffected"
+        )
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._process is not None and self._process.is_alive():
+                self._process.terminate()
+                self._process.join(5)
+            self._process = None
+
+
+# -- peak memory of a model in a fresh process -------------------------------------------------
+
+
+def _probe_memory(conn: Connection, settings: WorkerSettings, model: ModelSource,
+                  image: Any, limit_bytes: int) -> None:
+    """Loads and runs the model once in this fresh process and reports its memory: the kernel's
+    peak resident size (ru_maxrss) minus the resident size before the model was loaded."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from services.inference.runtime import ModelRuntime, peak_resident_bytes, resident_bytes
+
+    runtime = ModelRuntime(settings.device, settings.intra_op_threads, settings.inter_op_threads)
+    before = resident_bytes()
+    # Allocations beyond the limit fail inside TensorFlow instead of exhausting the node.
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    data_now = _data_segment_bytes()
+    resource.setrlimit(resource.RLIMIT_DATA, (data_now + limit_bytes + limit_bytes // 4, hard))
+    status, value = _call(runtime, "load", model.load_args())
+    if status == "ok":
+        status, value = _call(runtime, "run", (model.name, image))
+    if status == "error":
+        conn.send((status, value))
+        return
+    if settings.device == "gpu":
+        # On a GPU the model's memory is the device allocator's, not the process's RSS.
+        conn.send(("ok", (0, runtime.gpu_peak_bytes())))
+        return
+    conn.send(("ok", (before, peak_resident_bytes())))
+
+
+def _data_segment_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure_peak_memory(settings: WorkerSettings, model: ModelSource, image: Any,
+                        limit_bytes: int, timeout_s: float = 600.0) -> int:
+    """Peak memory in bytes of loading and running the model once on `image`."""
+    parent, child = _CONTEXT.Pipe()
+    process = _CONTEXT.Process(target=_probe_memory, daemon=True,
+                               args=(child, settings, model, image, limit_bytes),
+                               name="inference-memory-probe")
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(timeout_s):
+            raise errors.InvalidArgument(f"the memory probe took longer than {timeout_s:.0f} s")
+        status, value = parent.recv()
+    except EOFError:
+        process.join(5)
+        raise errors.InvalidArgument(
+            f"the model's process died while measuring its memory (exit code "
+            f"{process.exitcode}); most likely it exceeds the memory limit of "
+            f"{limit_bytes / 2**20:.0f} MiB"
+        ) from None
+    finally:
+        if process.is_alive():
+            process.terminate()
+        process.join(5)
+    if status == "error":
+        _raise(*value)
+    before, peak = value
+    return max(0, int(peak) - int(before))

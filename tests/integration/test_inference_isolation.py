@@ -1,0 +1,123 @@
+"""Untrusted models run in worker processes: a crash fails only its request, memory is measured
+by the kernel in a fresh process and limited."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from pirm.v1 import inference_pb2, inference_pb2_grpc
+
+from services.common.server import RunningServer, open_channel
+from services.common.tensors import from_tensor, to_tensor
+from services.inference.engine import EngineSettings
+from services.inference.server import create_server
+from tests.integration.helpers import graph_bytes, is_serving
+
+Stub = inference_pb2_grpc.InferenceServiceStub
+MIB = 1024 * 1024
+
+
+def _tiling(factor: int) -> bytes:
+    """Output = input, after materialising the input tiled factor x factor (factor^2 x memory)."""
+
+    def build(tf: object, x: object) -> None:
+        big = tf.tile(x, [1, factor, factor, 1])  # type: ignore[attr-defined]
+        tf.identity(x + tf.reduce_mean(big) * 0.0, name="output")  # type: ignore[attr-defined]
+
+    return graph_bytes(build)
+
+
+@pytest.fixture()
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[RunningServer, Stub]]:
+    limit_mb = getattr(request, "param", 3584)
+    running = create_server("127.0.0.1:0", EngineSettings(memory_limit_bytes=limit_mb * MIB))
+    yield running, Stub(open_channel(f"127.0.0.1:{running.port}", 64))
+    running.stop(grace=0.5)
+
+
+def _worker_pids() -> list[int]:
+    """Our spawned TensorFlow workers: children of this process running multiprocessing."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"spawn_main" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_crash_in_worker_fails_the_request_and_the_service_recovers(
+    server: tuple[RunningServer, Stub],
+) -> None:
+    running, stub = server
+    pb = graph_bytes(lambda tf, x: tf.identity(tf.nn.relu(x), name="output"))
+    stub.LoadModel(inference_pb2.LoadModelRequest(name="m", graph_def=pb), timeout=60)
+    image = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)
+    outcome: dict[str, grpc.RpcError] = {}
+
+    def long_benchmark() -> None:
+        options = inference_pb2.TimingOptions(min_runs=10**6, min_seconds=60, max_runs=10**6)
+        try:
+            stub.Benchmark(inference_pb2.BenchmarkRequest(model="m", input=to_tensor(image),
+                                                          options=options), timeout=120)
+        except grpc.RpcError as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=long_benchmark)
+    thread.start()
+    time.sleep(3)  # the worker is in the timing loop
+    (pid,) = _worker_pids()
+    os.kill(pid, signal.SIGKILL)  # what a TensorFlow abort or the OOM killer does
+    thread.join(60)
+    error = outcome["error"]
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "crashed its inference worker" in error.details() and "SIGKILL" in error.details()
+    # A new worker serves the same model (reloaded from the bytes the server kept).
+    assert is_serving(open_channel(f"127.0.0.1:{running.port}", 64))
+    output = from_tensor(stub.Infer(inference_pb2.InferRequest(model="m", input=to_tensor(image)),
+                                    timeout=60).output)
+    np.testing.assert_array_equal(output, np.maximum(image, 0))
+    assert _worker_pids() != [pid]
+
+
+def test_peak_memory_is_measured(server: tuple[RunningServer, Stub]) -> None:
+    _, stub = server
+    stub.LoadModel(inference_pb2.LoadModelRequest(name="tiler", graph_def=_tiling(16)),
+                   timeout=60)
+    image = np.zeros((1, 256, 256, 3), np.float32)
+    tiled_mb = 256 * 16 * 256 * 16 * 3 * 4 / MIB  # the tensor the model must hold: 192 MiB
+    timing = stub.Benchmark(inference_pb2.BenchmarkRequest(
+        model="tiler", input=to_tensor(image), measure_memory=True,
+        options=inference_pb2.TimingOptions(warmup_runs=1, min_runs=1, min_seconds=0.0,
+                                            max_runs=1)), timeout=300).timing
+    assert tiled_mb <= timing.peak_memory_mb < 4 * tiled_mb
+
+
+@pytest.mark.parametrize("server", [100], indirect=True)
+def test_model_over_the_memory_limit_fails_clearly(server: tuple[RunningServer, Stub]) -> None:
+    running, stub = server
+    stub.LoadModel(inference_pb2.LoadModelRequest(name="tiler", graph_def=_tiling(16)),
+                   timeout=60)
+    image = np.zeros((1, 256, 256, 3), np.float32)
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Benchmark(inference_pb2.BenchmarkRequest(
+            model="tiler", input=to_tensor(image), measure_memory=True,
+            options=inference_pb2.TimingOptions(warmup_runs=1, min_runs=1, max_runs=1)),
+            timeout=300)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "memory limit" in error.value.details()
+    assert is_serving(open_channel(f"127.0.0.1:{running.port}", 64))
