@@ -11,7 +11,7 @@ STAMP_PROTOS := $(GEN)/.generated
 CLIENT_VENV := build/client-venv
 STAMP_CLIENT := $(CLIENT_VENV)/.installed
 
-.PHONY: setup protos run test lint unit integration clean bench-inference
+.PHONY: setup protos run test lint unit integration clean bench-inference bench-metrics
 
 setup: $(STAMP_INSTALL) $(STAMP_PROTOS) $(STAMP_CLIENT)
 
@@ -60,6 +60,9 @@ integration: setup
 # Benchmarks time ours and the reference side by side in one run and print the ratio.
 bench-inference: setup
 	$(BIN)/python -m bench.bench_inference
+
+bench-metrics: setup
+	$(BIN)/python -m bench.bench_metrics
 
 clean:
 	rm -rf build var .pytest_cache .mypy_cache .ruff_cache

@@ -1,12 +1,19 @@
-"""The metrics service and its Python API: exact PSNR and MS-SSIM on NumPy arrays."""
+"""The metrics service and its Python API: exact PSNR, SSIM and MS-SSIM on NumPy arrays."""
 
 from services.metrics.quality import (
+    Channel,
     Flavor,
+    NegativePolicy,
     PairQuality,
     QualityOptions,
+    SmallPolicy,
     evaluate_pair,
     ms_ssim,
     psnr,
+    ssim,
 )
 
-__all__ = ["Flavor", "PairQuality", "QualityOptions", "evaluate_pair", "ms_ssim", "psnr"]
+__all__ = [
+    "Channel", "Flavor", "NegativePolicy", "PairQuality", "QualityOptions", "SmallPolicy",
+    "evaluate_pair", "ms_ssim", "psnr", "ssim",
+]

@@ -1,7 +1,9 @@
-"""PSNR and MS-SSIM as the challenge defines them (SPEC.md section 2), evaluated in float64.
+"""PSNR, SSIM and MS-SSIM as the challenge defines them (SPEC.md section 2), evaluated exactly:
+every filter, product and mean in float64, by the compiled kernels of kernels.py.
 
 TensorFlow computes these in float32 and biases MS-SSIM by up to 5e-4 on DIV2K-sized images, so
-the figures here are the definitions themselves: every filter, product and mean in float64.
+the default figures are the definitions themselves; `tf_compat=True` returns what TensorFlow's
+own ops return, for reproducing numbers made with the official scripts.
 
 Two MS-SSIM flavours exist:
 - `tf`: tf.image.ssim_multiscale. Per channel, 11x11 Gaussian 'valid' filter, negative terms
@@ -10,23 +12,35 @@ Two MS-SSIM flavours exist:
   shrinks to the image at coarse scales (with its sigma), no clamping (a negative contrast
   term gives NaN).
 Both downsample between scales by a 2x2 mean, repeating the last row/column of an odd side.
+Each flavour's two habits can be changed per request: `negative` (relu | nan | error) and
+`small` (error | shrink_window).
 """
 
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
 
 from services.common.errors import InvalidArgument
+from services.metrics import kernels
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 FILTER_SIZE = 11
 FILTER_SIGMA = 1.5
 K1 = 0.01
 K2 = 0.03
+# BT.601 luma of [0, 1] RGB, scaled like MATLAB's rgb2ycbcr (what SR papers report).
+LUMA_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
+LUMA_OFFSET = 16.0 / 255.0
+# Valid-area pixels below which one band in the calling thread beats spreading over threads.
+PARALLEL_MIN_PIXELS = 128 * 128
+_THREADS = os.cpu_count() or 1
+_POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="ssim-band")
 
 
 class Flavor(StrEnum):
@@ -34,10 +48,35 @@ class Flavor(StrEnum):
     NUMPY = "numpy"
 
 
-def psnr(output: np.ndarray, target: np.ndarray, max_val: float = 1.0) -> float:
+class Channel(StrEnum):
+    RGB = "rgb"
+    Y = "y"
+
+
+class NegativePolicy(StrEnum):
+    RELU = "relu"  # tf.image.ssim_multiscale: clamp at 0
+    NAN = "nan"  # the NumPy code: a negative base to a fractional power is NaN
+    ERROR = "error"
+
+
+class SmallPolicy(StrEnum):
+    ERROR = "error"  # tf: every scale must hold the 11x11 filter
+    SHRINK_WINDOW = "shrink_window"  # numpy: the window shrinks to the image, sigma with it
+
+
+DEFAULTS = {
+    Flavor.TF: (NegativePolicy.RELU, SmallPolicy.ERROR),
+    Flavor.NUMPY: (NegativePolicy.NAN, SmallPolicy.SHRINK_WINDOW),
+}
+
+
+def psnr(output: np.ndarray, target: np.ndarray, max_val: float = 1.0,
+         channel: Channel | str = Channel.RGB, tf_compat: bool = False) -> float:
     """tf.image.psnr's definition: MSE over all pixels and channels; +inf for identical images."""
-    a, b = _as_pair(output, target)
-    mse = float(np.mean(np.square(a - b)))
+    a, b = _prepared(output, target, Channel(channel))
+    if tf_compat:
+        return _tf_metric("psnr", a, b, max_val)
+    mse = kernels.squared_error_sum(a, b) / a.size
     if mse == 0.0:
         return math.inf
     return 20.0 * math.log10(max_val) - 10.0 * math.log10(mse)
@@ -48,13 +87,56 @@ def ms_ssim(
     target: np.ndarray,
     flavor: Flavor | str = Flavor.TF,
     max_val: float = 1.0,
+    channel: Channel | str = Channel.RGB,
+    negative: NegativePolicy | str | None = None,
+    small: SmallPolicy | str | None = None,
+    tf_compat: bool = False,
 ) -> float:
     """Multi-scale SSIM of two HxWxC images with the challenge's five weights."""
-    a, b = _as_pair(output, target)
     flavor = Flavor(flavor)
-    if flavor is Flavor.TF:
-        return _ms_ssim_tf(a, b, max_val)
-    return _ms_ssim_numpy(a, b, max_val)
+    a, b = _prepared(output, target, Channel(channel))
+    negative_policy = NegativePolicy(negative or DEFAULTS[flavor][0])
+    small_policy = SmallPolicy(small or DEFAULTS[flavor][1])
+    if tf_compat:
+        _require_tf_flavor(flavor)
+        return _tf_metric("ssim_multiscale", a, b, max_val)
+    terms = []
+    for scale in range(len(MSSSIM_WEIGHTS)):
+        if scale:
+            a, b = kernels.downsample(a), kernels.downsample(b)
+        ssim, cs = _scale_terms(a, b, flavor, max_val, small_policy, scale)
+        terms.append(cs if scale < len(MSSSIM_WEIGHTS) - 1 else ssim)
+    stacked = np.array(terms)  # scales x (channels | 1)
+    if negative_policy is NegativePolicy.ERROR and (stacked < 0).any():
+        raise InvalidArgument(
+            "a contrast-structure term of MS-SSIM is negative (the images are anti-correlated "
+            "at some scale); use negative=relu (TensorFlow) or nan (the NumPy code)"
+        )
+    if negative_policy is NegativePolicy.RELU:
+        stacked = np.maximum(stacked, 0.0)
+    weights = np.array(MSSSIM_WEIGHTS)[:, np.newaxis]
+    with np.errstate(invalid="ignore"):  # a negative term gives NaN, as in the official code
+        per_channel = np.prod(stacked**weights, axis=0)
+    return float(np.mean(per_channel))
+
+
+def ssim(
+    output: np.ndarray,
+    target: np.ndarray,
+    flavor: Flavor | str = Flavor.TF,
+    max_val: float = 1.0,
+    channel: Channel | str = Channel.RGB,
+    small: SmallPolicy | str | None = None,
+    tf_compat: bool = False,
+) -> float:
+    """Single-scale SSIM: the mean of luminance * contrast-structure at full resolution."""
+    flavor = Flavor(flavor)
+    a, b = _prepared(output, target, Channel(channel))
+    if tf_compat:
+        _require_tf_flavor(flavor)
+        return _tf_metric("ssim", a, b, max_val)
+    value, _ = _scale_terms(a, b, flavor, max_val, SmallPolicy(small or DEFAULTS[flavor][1]), 0)
+    return float(np.mean(value))
 
 
 def gaussian_1d(size: int, sigma: float) -> np.ndarray:
@@ -64,78 +146,64 @@ def gaussian_1d(size: int, sigma: float) -> np.ndarray:
     return g / g.sum()
 
 
-def _ms_ssim_tf(a: np.ndarray, b: np.ndarray, max_val: float) -> float:
-    smallest = FILTER_SIZE * 2 ** (len(MSSSIM_WEIGHTS) - 1) - 2 ** (len(MSSSIM_WEIGHTS) - 1) + 1
-    if min(a.shape[:2]) < smallest:
+_FULL_WINDOW = gaussian_1d(FILTER_SIZE, FILTER_SIGMA)
+
+
+def _window(a: np.ndarray, small: SmallPolicy, scale: int) -> np.ndarray:
+    side = min(a.shape[0], a.shape[1])
+    if side >= FILTER_SIZE:
+        return _FULL_WINDOW
+    if small is SmallPolicy.ERROR:
+        smallest = (FILTER_SIZE - 1) * 2 ** (len(MSSSIM_WEIGHTS) - 1) + 1
         raise InvalidArgument(
-            f"MS-SSIM (tf flavour) needs both image sides >= {smallest} px for five scales "
-            f"of an {FILTER_SIZE}x{FILTER_SIZE} filter; got {a.shape[0]}x{a.shape[1]}. "
-            "Use the numpy flavour for small images."
+            f"MS-SSIM needs both image sides >= {smallest} px so that all five scales hold an "
+            f"{FILTER_SIZE}x{FILTER_SIZE} filter; scale {scale} is {a.shape[0]}x{a.shape[1]}. "
+            "Use small=shrink_window (as the NumPy code does) for small images."
         )
-    window = gaussian_1d(FILTER_SIZE, FILTER_SIGMA)
-    terms = []
-    for scale in range(len(MSSSIM_WEIGHTS)):
-        if scale:
-            a, b = _downsample(a), _downsample(b)
-        ssim, cs = _ssim_terms(a, b, window, max_val, axes=(0, 1))
-        terms.append(cs if scale < len(MSSSIM_WEIGHTS) - 1 else ssim)
-    per_channel = np.prod(
-        [np.maximum(t, 0.0) ** w for t, w in zip(terms, MSSSIM_WEIGHTS, strict=True)], axis=0
-    )
-    return float(np.mean(per_channel))
+    return gaussian_1d(side, side * FILTER_SIGMA / FILTER_SIZE)
 
 
-def _ms_ssim_numpy(a: np.ndarray, b: np.ndarray, max_val: float) -> float:
-    terms = []
-    for scale in range(len(MSSSIM_WEIGHTS)):
-        if scale:
-            a, b = _downsample(a), _downsample(b)
-        size = min(FILTER_SIZE, a.shape[0], a.shape[1])
-        window = gaussian_1d(size, size * FILTER_SIGMA / FILTER_SIZE)
-        ssim, cs = _ssim_terms(a, b, window, max_val, axes=None)
-        terms.append(cs if scale < len(MSSSIM_WEIGHTS) - 1 else ssim)
-    with np.errstate(invalid="ignore"):  # a negative term gives NaN, as in the official code
-        return float(np.prod([t**w for t, w in zip(terms, MSSSIM_WEIGHTS, strict=True)]))
-
-
-def _ssim_terms(
-    a: np.ndarray, b: np.ndarray, window: np.ndarray, max_val: float, axes: tuple[int, int] | None
+def _scale_terms(
+    a: np.ndarray, b: np.ndarray, flavor: Flavor, max_val: float, small: SmallPolicy, scale: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean SSIM and mean contrast-structure term over the 'valid' area (per channel if axes)."""
+    """Mean SSIM and mean contrast-structure over the 'valid' area: per channel for the tf
+    flavour, pooled over channels (a 1-element array) for the numpy flavour."""
+    window = _window(a, small, scale)
     c1 = (K1 * max_val) ** 2
     c2 = (K2 * max_val) ** 2
-    mu_a = _filter_valid(a, window)
-    mu_b = _filter_valid(b, window)
-    mean_ab = _filter_valid(a * b, window)
-    mean_sq = _filter_valid(a * a + b * b, window)
-    mu_ab = mu_a * mu_b
-    mu_sq = mu_a * mu_a + mu_b * mu_b
-    luminance = (2.0 * mu_ab + c1) / (mu_sq + c1)
-    cs = (2.0 * (mean_ab - mu_ab) + c2) / (mean_sq - mu_sq + c2)
-    return np.mean(luminance * cs, axis=axes), np.mean(cs, axis=axes)
+    rows = a.shape[0] - len(window) + 1
+    cols = a.shape[1] - len(window) + 1
+    bands = min(_THREADS, rows) if rows * cols >= PARALLEL_MIN_PIXELS else 1
+    edges = np.linspace(0, rows, bands + 1).astype(np.int64)
+    partial = np.zeros((bands, a.shape[2], 2))
+    if bands == 1:
+        kernels.ssim_band(a, b, window, c1, c2, 0, rows, partial[0])
+    else:
+        futures = [
+            _POOL.submit(kernels.ssim_band, a, b, window, c1, c2, edges[i], edges[i + 1],
+                         partial[i])
+            for i in range(bands)
+        ]
+        for future in futures:
+            future.result()
+    sums = partial.sum(axis=0)
+    if flavor is Flavor.NUMPY:
+        sums = sums.sum(axis=0, keepdims=True) / a.shape[2]
+    return sums[:, 0] / (rows * cols), sums[:, 1] / (rows * cols)
 
 
-def _filter_valid(image: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """Separable 'valid' filtering of an HxWxC image by outer(window, window)."""
-    n = len(window)
-    h = image.shape[0] - n + 1
-    rows = window[0] * image[:h]
-    for k in range(1, n):
-        rows += window[k] * image[k : k + h]
-    w = image.shape[1] - n + 1
-    out = window[0] * rows[:, :w]
-    for k in range(1, n):
-        out += window[k] * rows[:, k : k + w]
-    return out
+def _prepared(output: np.ndarray, target: np.ndarray,
+              channel: Channel) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _as_pair(output, target)
+    if channel is Channel.Y:
+        if a.shape[2] != 3:
+            raise InvalidArgument(f"the Y channel needs RGB images, got {a.shape[2]} channels")
+        a, b = _luma(a), _luma(b)
+    return a, b
 
 
-def _downsample(image: np.ndarray) -> np.ndarray:
-    """2x2 mean, an odd side first extended by repeating its last row or column."""
-    if image.shape[0] % 2:
-        image = np.concatenate([image, image[-1:]], axis=0)
-    if image.shape[1] % 2:
-        image = np.concatenate([image, image[:, -1:]], axis=1)
-    return (image[0::2, 0::2] + image[1::2, 0::2] + image[0::2, 1::2] + image[1::2, 1::2]) / 4.0
+def _luma(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image.astype(np.float64) @ LUMA_WEIGHTS + LUMA_OFFSET)[..., None]
 
 
 def _as_pair(output: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,6 +214,8 @@ def _as_pair(output: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.nda
             f"output and target differ in shape: {a.shape} vs {b.shape}; "
             "the model must return an image of its input's size"
         )
+    if a.dtype != b.dtype:  # the kernels take one dtype for both
+        a, b = a.astype(np.float64), b.astype(np.float64)
     return a, b
 
 
@@ -153,28 +223,55 @@ def _as_image(x: np.ndarray, what: str) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]
-    if x.ndim != 3 or x.shape[0] == 0 or x.shape[1] == 0:
+    if x.ndim != 3 or x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
         raise InvalidArgument(f"{what} must be an HxWxC or 1xHxWxC image, got shape {x.shape}")
-    x = x.astype(np.float64)
-    if not np.isfinite(x).all():
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    x = np.ascontiguousarray(x)
+    if not kernels.all_finite(x):
         raise InvalidArgument(f"{what} contains NaN or Inf values")
     return x
 
 
+def _require_tf_flavor(flavor: Flavor) -> None:
+    if flavor is not Flavor.TF:
+        raise InvalidArgument("tf_compat reproduces TensorFlow's ops: use it with flavor tf")
+
+
+def _tf_metric(name: str, a: np.ndarray, b: np.ndarray, max_val: float) -> float:
+    """What TensorFlow's own float32 op returns (eager), for reproducing official numbers."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    op = getattr(tf.image, name)
+    try:
+        value = op(tf.constant(a, tf.float32), tf.constant(b, tf.float32), max_val=max_val)
+    except tf.errors.InvalidArgumentError as error:
+        raise InvalidArgument(f"tf.image.{name}: {error.message.splitlines()[0]}") from error
+    return float(value.numpy())
+
+
 @dataclass(frozen=True)
 class QualityOptions:
-    """How a pair is prepared before measuring: the track protocols of SPEC.md section 2."""
+    """How a pair is prepared and measured: the track protocols of SPEC.md section 2, plus the
+    variants papers report."""
 
     crop_border: int = 0
     clip_psnr_input: bool = True
     clip_msssim_input: bool = True
     flavor: Flavor = Flavor.TF
+    channel: Channel = Channel.RGB
+    negative: NegativePolicy | None = None  # None: the flavour's own habit
+    small: SmallPolicy | None = None
+    tf_compat: bool = False
+    with_ssim: bool = False  # also single-scale SSIM (on the MS-SSIM input)
 
 
 @dataclass(frozen=True)
 class PairQuality:
     psnr: float
     msssim: float
+    ssim: float | None = None
 
 
 def evaluate_pair(output: np.ndarray, target: np.ndarray, options: QualityOptions) -> PairQuality:
@@ -186,12 +283,26 @@ def evaluate_pair(output: np.ndarray, target: np.ndarray, options: QualityOption
             raise InvalidArgument(
                 f"a {border}-pixel border crop leaves nothing of a {a.shape[0]}x{a.shape[1]} image"
             )
-        a = a[border:-border, border:-border]
-        b = b[border:-border, border:-border]
-    clipped_a, clipped_b = np.clip(a, 0.0, 1.0), np.clip(b, 0.0, 1.0)
-    psnr_pair = (clipped_a, clipped_b) if options.clip_psnr_input else (a, b)
-    ssim_pair = (clipped_a, clipped_b) if options.clip_msssim_input else (a, b)
+        a = np.ascontiguousarray(a[border:-border, border:-border])
+        b = np.ascontiguousarray(b[border:-border, border:-border])
+    clipped = (np.clip(a, 0.0, 1.0), np.clip(b, 0.0, 1.0))
+    psnr_pair = clipped if options.clip_psnr_input else (a, b)
+    ssim_pair = clipped if options.clip_msssim_input else (a, b)
+    common = {"channel": options.channel, "tf_compat": options.tf_compat}
     return PairQuality(
-        psnr=psnr(psnr_pair[0], psnr_pair[1]),
-        msssim=ms_ssim(ssim_pair[0], ssim_pair[1], flavor=options.flavor),
+        psnr=psnr(psnr_pair[0], psnr_pair[1], **common),  # type: ignore[arg-type]
+        msssim=ms_ssim(ssim_pair[0], ssim_pair[1], flavor=options.flavor,
+                       negative=options.negative, small=options.small,
+                       **common),  # type: ignore[arg-type]
+        ssim=ssim(ssim_pair[0], ssim_pair[1], flavor=options.flavor, small=options.small,
+                  **common) if options.with_ssim else None,  # type: ignore[arg-type]
     )
+
+
+def warm_up() -> None:
+    """Loads (or compiles, once per machine) every kernel signature a request can use."""
+    for dtype in (np.float32, np.float64):
+        x = np.zeros((176, 176, 3), dtype)
+        ms_ssim(x, x, Flavor.TF)
+        ms_ssim(x[:20, :20], x[:20, :20], Flavor.NUMPY)
+        psnr(x, x)

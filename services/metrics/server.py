@@ -16,6 +16,7 @@ from services.common.server import (
 from services.common.server import (
     create_server as create_grpc_server,
 )
+from services.metrics.quality import warm_up
 from services.metrics.servicer import MetricsServicer
 
 SERVICE_NAME = metrics_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name
@@ -26,7 +27,8 @@ def create_server(address: str, max_message_mb: int = 64, workers: int = 8) -> R
         SERVICE_NAME, metrics_pb2_grpc.add_MetricsServiceServicer_to_server, MetricsServicer()
     )
     running = create_grpc_server(address, [binding], max_message_mb, workers)
-    running.mark_serving()  # nothing to load: pure computation
+    warm_up()  # load the compiled kernels (compiled once per machine) before SERVING
+    running.mark_serving()
     return running
 
 

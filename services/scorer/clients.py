@@ -19,7 +19,8 @@ from services.common.messages import timing_from_proto
 from services.common.server import open_channel
 from services.common.tensors import from_tensor, to_tensor
 from services.inference.timing import DeviceTiming, RuntimeComparison, TimingOptions
-from services.metrics.quality import Flavor, PairQuality, QualityOptions
+from services.metrics.quality import PairQuality, QualityOptions
+from services.metrics.servicer import FLAVOR_MESSAGES
 
 T = TypeVar("T")
 
@@ -30,7 +31,6 @@ _ERRORS: dict[grpc.StatusCode, type[errors.PirmError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
 }
-_FLAVORS = {Flavor.TF: metrics_pb2.MSSSIM_FLAVOR_TF, Flavor.NUMPY: metrics_pb2.MSSSIM_FLAVOR_NUMPY}
 
 
 def call_with_retry(
@@ -133,7 +133,7 @@ class MetricsClient:
                 crop_border=options.crop_border,
                 clip_psnr_input=options.clip_psnr_input,
                 clip_msssim_input=options.clip_msssim_input,
-                msssim_flavor=_FLAVORS[options.flavor],
+                msssim_flavor=FLAVOR_MESSAGES[options.flavor],
             ),
         )
         response = call_with_retry(

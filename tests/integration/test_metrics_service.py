@@ -66,3 +66,67 @@ def test_bad_pairs_are_invalid_argument(metrics_stub: Stub, output: np.ndarray,
         _evaluate(metrics_stub, output, target, metrics_pb2.QualityOptions(msssim_flavor=flavor))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in error.value.details()
+
+
+def _pairs(count: int, side: int = 100) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    pairs = []
+    for _ in range(count):
+        target = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        output = np.clip(target / 255.0 + rng.normal(0, 0.05, target.shape), 0, 1)
+        pairs.append((output.astype(np.float32), target))
+    return pairs
+
+
+NUMPY_B = metrics_pb2.QualityOptions(clip_psnr_input=True,
+                                     msssim_flavor=metrics_pb2.MSSSIM_FLAVOR_NUMPY)
+
+
+def _expected(output: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    t = target.astype(np.float32) / np.float32(255)
+    return (psnr_ref(output, t),
+            msssim_numpy_ref(output.astype(np.float64) * 255, t.astype(np.float64) * 255))
+
+
+def test_batch_and_stream_keep_the_order_of_the_pairs(metrics_stub: Stub) -> None:
+    pairs = _pairs(12)
+    requests = [metrics_pb2.EvaluateRequest(output=to_tensor(o), target=to_tensor(t),
+                                            options=NUMPY_B) for o, t in pairs]
+    batch = metrics_stub.EvaluateBatch(metrics_pb2.EvaluateBatchRequest(pairs=requests),
+                                       timeout=60).results
+    stream = list(metrics_stub.EvaluateStream(iter(requests), timeout=60))
+    for (output, target), b, s in zip(pairs, batch, stream, strict=True):
+        expected_psnr, expected_msssim = _expected(output, target)
+        for result in (b, s):
+            assert abs(result.psnr - expected_psnr) < 1e-4
+            assert abs(result.msssim - expected_msssim) < 1e-6
+
+
+def test_a_bad_pair_in_a_batch_is_named(metrics_stub: Stub) -> None:
+    (output, target), = _pairs(1)
+    good = metrics_pb2.EvaluateRequest(output=to_tensor(output), target=to_tensor(target),
+                                       options=NUMPY_B)
+    bad = metrics_pb2.EvaluateRequest(output=to_tensor(output[:50]), target=to_tensor(target),
+                                      options=NUMPY_B)
+    with pytest.raises(grpc.RpcError) as error:
+        metrics_stub.EvaluateBatch(metrics_pb2.EvaluateBatchRequest(pairs=[good, good, bad]))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(error.value.details()).startswith("pair 2:")
+    with pytest.raises(grpc.RpcError) as error:
+        list(metrics_stub.EvaluateStream(iter([good, bad])))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "pair 1:" in error.value.details()
+
+
+def test_y_channel_and_single_scale_ssim_over_grpc(metrics_stub: Stub) -> None:
+    (output, target), = _pairs(1, side=200)
+    options = metrics_pb2.QualityOptions(channel=metrics_pb2.CHANNEL_Y, with_ssim=True,
+                                         msssim_flavor=metrics_pb2.MSSSIM_FLAVOR_TF)
+    response = _evaluate(metrics_stub, output, target, options)
+    weights = np.array([65.481, 128.553, 24.966])
+    y_out = ((16 + output.astype(np.float64) @ weights) / 255)[..., None]
+    y_ref = ((16 + (target.astype(np.float32) / np.float32(255)).astype(np.float64) @ weights)
+             / 255)[..., None]
+    assert abs(response.psnr - psnr_ref(y_out, y_ref)) < 1e-4
+    assert abs(response.msssim - msssim_tf_ref(y_out, y_ref)) < 1e-6
+    assert response.HasField("ssim") and 0 < response.ssim <= 1
