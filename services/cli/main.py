@@ -299,9 +299,12 @@ def _fmt(value: Any, width: int, digits: int) -> str:
 
 
 def print_progress(job: Any) -> None:
-    """One self-overwriting line on stderr: state, bar, images, stage."""
+    """One self-overwriting line on stderr: state, bar, images, stage (only on a terminal:
+    a log file would get every update)."""
     from services.client import job_summary
 
+    if not sys.stderr.isatty():
+        return
     s = job_summary(job)
     total = max(s["images_total"], 1)
     width = 30
