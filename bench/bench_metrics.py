@@ -178,7 +178,7 @@ def bench_msssim(
         lambda: float(tf.image.ssim_multiscale(output[None], target[None], max_val=1.0)[0]),
         runs=max(2, runs // 4), warmup=1,
     )
-    official = timed(lambda: msssim_numpy_ref(o255, t255, max_val=255), runs=max(1, runs // 7),
+    official = timed(lambda: msssim_numpy_ref(o255, t255, max_val=255), runs=max(1, runs // 6),
                      warmup=0)
     ours_np = timed(lambda: ms_ssim(output, target, flavor="numpy"), runs=runs, warmup=2)
     print(_row("ours, tf flavour", ours, ours.median_ms, abs(ours.value - exact_tf),
@@ -290,7 +290,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20,
-                        help="timed calls of ours (TensorFlow gets runs/4, NumPy runs/7)")
+                        help="timed calls of ours (TensorFlow gets runs/4, the NumPy code runs/6)")
     parser.add_argument("--no-bias", action="store_true",
                         help="skip the per-image TensorFlow bias section (about a minute)")
     args = parser.parse_args()
