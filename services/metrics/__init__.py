@@ -7,6 +7,7 @@ from services.metrics.quality import (
     PairQuality,
     QualityOptions,
     SmallPolicy,
+    evaluate_batch,
     evaluate_pair,
     ms_ssim,
     psnr,
@@ -15,5 +16,5 @@ from services.metrics.quality import (
 
 __all__ = [
     "Channel", "Flavor", "NegativePolicy", "PairQuality", "QualityOptions", "SmallPolicy",
-    "evaluate_pair", "ms_ssim", "psnr", "ssim",
+    "evaluate_batch", "evaluate_pair", "ms_ssim", "psnr", "ssim",
 ]

@@ -146,3 +146,35 @@ def all_finite(x):
         if not np.isfinite(xf[t]):
             return False
     return True
+
+
+@njit(nogil=True, cache=True)
+def gaussian_window(size, sigma):
+    """Normalised 1-D Gaussian of `size` taps (the same as quality.gaussian_1d)."""
+    g = np.empty(size)
+    for k in range(size):
+        d = k - (size - 1) / 2.0
+        g[k] = np.exp(-(d * d) / (2.0 * sigma * sigma))
+    return g / g.sum()
+
+
+@njit(nogil=True, cache=True)
+def pyramid_terms(x, y, levels, size, sigma, c1, c2, out):
+    """All scales of a small pair in one call (no per-scale Python overhead): out[scale, ch]
+    gets the mean SSIM and mean contrast-structure of that scale. The window shrinks to the
+    image where a side is below `size` (the caller has checked that this is allowed)."""
+    a = x.astype(np.float64)  # one dtype through the pyramid (small images: a cheap copy)
+    b = y.astype(np.float64)
+    for scale in range(levels):
+        if scale > 0:
+            a = downsample(a)
+            b = downsample(b)
+        side = min(a.shape[0], a.shape[1])
+        n = min(size, side)
+        g = gaussian_window(n, n * sigma / size)
+        sums = np.zeros((a.shape[2], 2))
+        ssim_band(a, b, g, c1, c2, 0, a.shape[0] - n + 1, sums)
+        count = (a.shape[0] - n + 1) * (a.shape[1] - n + 1)
+        for ch in range(a.shape[2]):
+            out[scale, ch, 0] = sums[ch, 0] / count
+            out[scale, ch, 1] = sums[ch, 1] / count

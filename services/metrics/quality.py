@@ -41,6 +41,8 @@ LUMA_OFFSET = 16.0 / 255.0
 PARALLEL_MIN_PIXELS = 128 * 128
 _THREADS = os.cpu_count() or 1
 _POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="ssim-band")
+# Pairs of a batch run concurrently on their own pool (a pair may use _POOL for its bands).
+_BATCH_POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="ssim-pair")
 
 
 class Flavor(StrEnum):
@@ -100,13 +102,7 @@ def ms_ssim(
     if tf_compat:
         _require_tf_flavor(flavor)
         return _tf_metric("ssim_multiscale", a, b, max_val)
-    terms = []
-    for scale in range(len(MSSSIM_WEIGHTS)):
-        if scale:
-            a, b = kernels.downsample(a), kernels.downsample(b)
-        ssim, cs = _scale_terms(a, b, flavor, max_val, small_policy, scale)
-        terms.append(cs if scale < len(MSSSIM_WEIGHTS) - 1 else ssim)
-    stacked = np.array(terms)  # scales x (channels | 1)
+    stacked = _pyramid(a, b, flavor, max_val, small_policy)  # scales x (channels | 1)
     if negative_policy is NegativePolicy.ERROR and (stacked < 0).any():
         raise InvalidArgument(
             "a contrast-structure term of MS-SSIM is negative (the images are anti-correlated "
@@ -161,6 +157,33 @@ def _window(a: np.ndarray, small: SmallPolicy, scale: int) -> np.ndarray:
             "Use small=shrink_window (as the NumPy code does) for small images."
         )
     return gaussian_1d(side, side * FILTER_SIGMA / FILTER_SIZE)
+
+
+def _pyramid(a: np.ndarray, b: np.ndarray, flavor: Flavor, max_val: float,
+             small: SmallPolicy) -> np.ndarray:
+    """Per scale: the contrast-structure terms, and at the last scale the SSIM terms."""
+    levels = len(MSSSIM_WEIGHTS)
+    rows, cols = a.shape[0], a.shape[1]
+    for scale in range(levels):
+        if min(rows, cols) < FILTER_SIZE:
+            _window(np.empty((rows, cols, 1)), small, scale)  # raises unless allowed to shrink
+        rows, cols = (rows + 1) // 2, (cols + 1) // 2
+    if (a.shape[0] - FILTER_SIZE + 1) * (a.shape[1] - FILTER_SIZE + 1) < PARALLEL_MIN_PIXELS:
+        # Small images: every scale in one compiled call.
+        out = np.empty((levels, a.shape[2], 2))
+        kernels.pyramid_terms(a, b, levels, FILTER_SIZE, FILTER_SIGMA, (K1 * max_val) ** 2,
+                              (K2 * max_val) ** 2, out)
+        if flavor is Flavor.NUMPY:
+            out = out.mean(axis=1, keepdims=True)
+        terms = [out[scale, :, 1] for scale in range(levels - 1)] + [out[levels - 1, :, 0]]
+        return np.array(terms)
+    terms = []
+    for scale in range(levels):
+        if scale:
+            a, b = kernels.downsample(a), kernels.downsample(b)
+        ssim, cs = _scale_terms(a, b, flavor, max_val, small, scale)
+        terms.append(cs if scale < levels - 1 else ssim)
+    return np.array(terms)
 
 
 def _scale_terms(
@@ -297,6 +320,21 @@ def evaluate_pair(output: np.ndarray, target: np.ndarray, options: QualityOption
         ssim=ssim(ssim_pair[0], ssim_pair[1], flavor=options.flavor, small=options.small,
                   **common) if options.with_ssim else None,  # type: ignore[arg-type]
     )
+
+
+def evaluate_batch(
+    pairs: list[tuple[np.ndarray, np.ndarray]], options: QualityOptions
+) -> list[PairQuality]:
+    """Measures many pairs, several at once (the kernels release the GIL), in their order.
+    A bad pair raises InvalidArgument naming its index."""
+
+    def measure(index: int) -> PairQuality:
+        try:
+            return evaluate_pair(pairs[index][0], pairs[index][1], options)
+        except InvalidArgument as error:
+            raise InvalidArgument(f"pair {index}: {error}") from error
+
+    return list(_BATCH_POOL.map(measure, range(len(pairs))))
 
 
 def warm_up() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 from pirm.v1 import metrics_pb2, metrics_pb2_grpc
 
 from services.common.errors import InvalidArgument
@@ -13,8 +14,10 @@ from services.metrics.quality import (
     Channel,
     Flavor,
     NegativePolicy,
+    PairQuality,
     QualityOptions,
     SmallPolicy,
+    evaluate_batch,
     evaluate_pair,
 )
 
@@ -50,18 +53,26 @@ def quality_options(message: metrics_pb2.QualityOptions) -> QualityOptions:
     )
 
 
+def pair_of(request: metrics_pb2.EvaluateRequest) -> tuple[np.ndarray, np.ndarray]:
+    return (as_unit_float32(from_tensor(request.output, "output")),
+            as_unit_float32(from_tensor(request.target, "target")))
+
+
+def response_of(quality: PairQuality) -> metrics_pb2.EvaluateResponse:
+    return metrics_pb2.EvaluateResponse(psnr=quality.psnr, msssim=quality.msssim,
+                                        ssim=quality.ssim)
+
+
 def evaluate(request: metrics_pb2.EvaluateRequest, index: int | None = None
              ) -> metrics_pb2.EvaluateResponse:
     try:
-        output = as_unit_float32(from_tensor(request.output, "output"))
-        target = as_unit_float32(from_tensor(request.target, "target"))
+        output, target = pair_of(request)
         quality = evaluate_pair(output, target, quality_options(request.options))
     except InvalidArgument as error:
         if index is None:
             raise
         raise InvalidArgument(f"pair {index}: {error}") from error
-    return metrics_pb2.EvaluateResponse(psnr=quality.psnr, msssim=quality.msssim,
-                                        ssim=quality.ssim)
+    return response_of(quality)
 
 
 class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
@@ -73,9 +84,20 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
     def EvaluateBatch(
         self, request: metrics_pb2.EvaluateBatchRequest, context: grpc.ServicerContext
     ) -> metrics_pb2.EvaluateBatchResponse:
-        return metrics_pb2.EvaluateBatchResponse(
-            results=[evaluate(pair, index) for index, pair in enumerate(request.pairs)]
-        )
+        options = {pair.options.SerializeToString() for pair in request.pairs}
+        if len(options) > 1:  # mixed options: one pair after the other
+            return metrics_pb2.EvaluateBatchResponse(
+                results=[evaluate(pair, index) for index, pair in enumerate(request.pairs)]
+            )
+        pairs = []
+        for index, pair in enumerate(request.pairs):
+            try:
+                pairs.append(pair_of(pair))
+            except InvalidArgument as error:
+                raise InvalidArgument(f"pair {index}: {error}") from error
+        shared = quality_options(request.pairs[0].options) if request.pairs else None
+        results = evaluate_batch(pairs, shared) if shared else []
+        return metrics_pb2.EvaluateBatchResponse(results=[response_of(q) for q in results])
 
     def EvaluateStream(
         self, requests: Iterator[metrics_pb2.EvaluateRequest], context: grpc.ServicerContext
