@@ -150,7 +150,8 @@ def all_finite(x):
 
 @njit(nogil=True, cache=True)
 def gaussian_window(size, sigma):
-    """Normalised 1-D Gaussian of `size` taps (the same as quality.gaussian_1d)."""
+    """Normalised 1-D Gaussian of `size` taps; its outer product is the 2-D window of both
+    MS-SSIM flavours (TF's softmax form and the NumPy code's fspecial form are the same)."""
     g = np.empty(size)
     for k in range(size):
         d = k - (size - 1) / 2.0

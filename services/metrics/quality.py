@@ -76,6 +76,10 @@ def psnr(output: np.ndarray, target: np.ndarray, max_val: float = 1.0,
          channel: Channel | str = Channel.RGB, tf_compat: bool = False) -> float:
     """tf.image.psnr's definition: MSE over all pixels and channels; +inf for identical images."""
     a, b = _prepared(output, target, Channel(channel))
+    return _psnr(a, b, max_val, tf_compat)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray, max_val: float, tf_compat: bool) -> float:
     if tf_compat:
         return _tf_metric("psnr", a, b, max_val)
     mse = kernels.squared_error_sum(a, b) / a.size
@@ -95,8 +99,13 @@ def ms_ssim(
     tf_compat: bool = False,
 ) -> float:
     """Multi-scale SSIM of two HxWxC images with the challenge's five weights."""
-    flavor = Flavor(flavor)
     a, b = _prepared(output, target, Channel(channel))
+    return _ms_ssim(a, b, Flavor(flavor), max_val, negative, small, tf_compat)
+
+
+def _ms_ssim(a: np.ndarray, b: np.ndarray, flavor: Flavor, max_val: float,
+             negative: NegativePolicy | str | None, small: SmallPolicy | str | None,
+             tf_compat: bool) -> float:
     negative_policy = NegativePolicy(negative or DEFAULTS[flavor][0])
     small_policy = SmallPolicy(small or DEFAULTS[flavor][1])
     if tf_compat:
@@ -126,8 +135,12 @@ def ssim(
     tf_compat: bool = False,
 ) -> float:
     """Single-scale SSIM: the mean of luminance * contrast-structure at full resolution."""
-    flavor = Flavor(flavor)
     a, b = _prepared(output, target, Channel(channel))
+    return _ssim(a, b, Flavor(flavor), max_val, small, tf_compat)
+
+
+def _ssim(a: np.ndarray, b: np.ndarray, flavor: Flavor, max_val: float,
+          small: SmallPolicy | str | None, tf_compat: bool) -> float:
     if tf_compat:
         _require_tf_flavor(flavor)
         return _tf_metric("ssim", a, b, max_val)
@@ -135,28 +148,23 @@ def ssim(
     return float(np.mean(value))
 
 
-def gaussian_1d(size: int, sigma: float) -> np.ndarray:
-    """Normalised 1-D Gaussian; its outer product is the 2-D window of both flavours."""
-    coords = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-    g = np.exp(-(coords**2) / (2.0 * sigma**2))
-    return g / g.sum()
-
-
-_FULL_WINDOW = gaussian_1d(FILTER_SIZE, FILTER_SIGMA)
-
-
-def _window(a: np.ndarray, small: SmallPolicy, scale: int) -> np.ndarray:
-    side = min(a.shape[0], a.shape[1])
+def _window(rows: int, cols: int, small: SmallPolicy, scale: int) -> np.ndarray:
+    """The 11-tap window, or the NumPy code's window shrunk to a small image (with its sigma)
+    where the policy allows it."""
+    side = min(rows, cols)
     if side >= FILTER_SIZE:
         return _FULL_WINDOW
     if small is SmallPolicy.ERROR:
         smallest = (FILTER_SIZE - 1) * 2 ** (len(MSSSIM_WEIGHTS) - 1) + 1
         raise InvalidArgument(
             f"MS-SSIM needs both image sides >= {smallest} px so that all five scales hold an "
-            f"{FILTER_SIZE}x{FILTER_SIZE} filter; scale {scale} is {a.shape[0]}x{a.shape[1]}. "
+            f"{FILTER_SIZE}x{FILTER_SIZE} filter; scale {scale} is {rows}x{cols}. "
             "Use small=shrink_window (as the NumPy code does) for small images."
         )
-    return gaussian_1d(side, side * FILTER_SIGMA / FILTER_SIZE)
+    return kernels.gaussian_window(side, side * FILTER_SIGMA / FILTER_SIZE)
+
+
+_FULL_WINDOW = kernels.gaussian_window(FILTER_SIZE, FILTER_SIGMA)
 
 
 def _pyramid(a: np.ndarray, b: np.ndarray, flavor: Flavor, max_val: float,
@@ -165,8 +173,7 @@ def _pyramid(a: np.ndarray, b: np.ndarray, flavor: Flavor, max_val: float,
     levels = len(MSSSIM_WEIGHTS)
     rows, cols = a.shape[0], a.shape[1]
     for scale in range(levels):
-        if min(rows, cols) < FILTER_SIZE:
-            _window(np.empty((rows, cols, 1)), small, scale)  # raises unless allowed to shrink
+        _window(rows, cols, small, scale)  # refuses a small scale unless it may shrink
         rows, cols = (rows + 1) // 2, (cols + 1) // 2
     if (a.shape[0] - FILTER_SIZE + 1) * (a.shape[1] - FILTER_SIZE + 1) < PARALLEL_MIN_PIXELS:
         # Small images: every scale in one compiled call.
@@ -191,7 +198,7 @@ def _scale_terms(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean SSIM and mean contrast-structure over the 'valid' area: per channel for the tf
     flavour, pooled over channels (a 1-element array) for the numpy flavour."""
-    window = _window(a, small, scale)
+    window = _window(a.shape[0], a.shape[1], small, scale)
     c1 = (K1 * max_val) ** 2
     c2 = (K2 * max_val) ** 2
     rows = a.shape[0] - len(window) + 1
@@ -217,7 +224,11 @@ def _scale_terms(
 
 def _prepared(output: np.ndarray, target: np.ndarray,
               channel: Channel) -> tuple[np.ndarray, np.ndarray]:
-    a, b = _as_pair(output, target)
+    return _in_channel(*_as_pair(output, target), channel)
+
+
+def _in_channel(a: np.ndarray, b: np.ndarray,
+                channel: Channel) -> tuple[np.ndarray, np.ndarray]:
     if channel is Channel.Y:
         if a.shape[2] != 3:
             raise InvalidArgument(f"the Y channel needs RGB images, got {a.shape[2]} channels")
@@ -299,7 +310,7 @@ class PairQuality:
 
 def evaluate_pair(output: np.ndarray, target: np.ndarray, options: QualityOptions) -> PairQuality:
     """Crop, clip and measure one (output, target) pair."""
-    a, b = _as_pair(output, target)
+    a, b = _as_pair(output, target)  # validated once for all the figures of the pair
     border = options.crop_border
     if border:
         if min(a.shape[:2]) <= 2 * border:
@@ -308,17 +319,17 @@ def evaluate_pair(output: np.ndarray, target: np.ndarray, options: QualityOption
             )
         a = np.ascontiguousarray(a[border:-border, border:-border])
         b = np.ascontiguousarray(b[border:-border, border:-border])
-    clipped = (np.clip(a, 0.0, 1.0), np.clip(b, 0.0, 1.0))
-    psnr_pair = clipped if options.clip_psnr_input else (a, b)
-    ssim_pair = clipped if options.clip_msssim_input else (a, b)
-    common = {"channel": options.channel, "tf_compat": options.tf_compat}
+    clipped = _in_channel(np.clip(a, 0.0, 1.0), np.clip(b, 0.0, 1.0), options.channel)
+    raw = _in_channel(a, b, options.channel)
+    psnr_pair = clipped if options.clip_psnr_input else raw
+    ssim_pair = clipped if options.clip_msssim_input else raw
+    tf_compat = options.tf_compat
     return PairQuality(
-        psnr=psnr(psnr_pair[0], psnr_pair[1], **common),  # type: ignore[arg-type]
-        msssim=ms_ssim(ssim_pair[0], ssim_pair[1], flavor=options.flavor,
-                       negative=options.negative, small=options.small,
-                       **common),  # type: ignore[arg-type]
-        ssim=ssim(ssim_pair[0], ssim_pair[1], flavor=options.flavor, small=options.small,
-                  **common) if options.with_ssim else None,  # type: ignore[arg-type]
+        psnr=_psnr(*psnr_pair, 1.0, tf_compat),
+        msssim=_ms_ssim(*ssim_pair, options.flavor, 1.0, options.negative, options.small,
+                        tf_compat),
+        ssim=_ssim(*ssim_pair, options.flavor, 1.0, options.small, tf_compat)
+        if options.with_ssim else None,
     )
 
 
