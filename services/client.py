@@ -86,6 +86,17 @@ class ScorerClient:
         return self._stub.Leaderboard(request, timeout=self._deadline)
 
 
+def leaderboard_rows(board: scorer_pb2.LeaderboardResponse) -> list[dict[str, Any]]:
+    """The leaderboard as flat rows (`pirm leaderboard --json`)."""
+    return [
+        {"rank": e.rank, "team": e.team, "model_name": e.model_name, "job_id": e.job_id,
+         "psnr": e.psnr, "msssim": e.msssim, "mos": e.mos if e.HasField("mos") else None,
+         "runtime_ms": e.runtime_ms, "baseline_runtime_ms": e.baseline_runtime_ms,
+         "score_a": e.scores.score_a, "score_b": e.scores.score_b, "score_c": e.scores.score_c}
+        for e in board.entries
+    ]
+
+
 def json_number(value: float) -> float | str:
     """JSON has no infinity: identical images (PSNR = inf) are written as the string "inf"."""
     return value if math.isfinite(value) else str(value)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from services.cli.cluster import LocalCluster, free_port
 from services.cli.main import leaderboard_table, print_progress
-from services.client import ScorerClient, job_summary
+from services.client import ScorerClient, job_summary, leaderboard_rows
 from services.scorer.samples import (
     BASELINE_FILES,
     DATASET_FOLDERS,
@@ -92,14 +92,7 @@ def _evaluate(
                  f"{s['runtime_ms']:.1f} ms [95% CI {lo:.1f}, {hi:.1f}], baseline "
                  f"{s['baseline_runtime_ms']:.1f} ms")
         for track in Track:
-            board = client.leaderboard(track, by="a")
-            rows = [
-                {"rank": e.rank, "team": e.team, "psnr": e.psnr, "msssim": e.msssim,
-                 "runtime_ms": e.runtime_ms, "baseline_runtime_ms": e.baseline_runtime_ms,
-                 "score_a": e.scores.score_a, "score_b": e.scores.score_b,
-                 "score_c": e.scores.score_c}
-                for e in board.entries
-            ]
+            rows = leaderboard_rows(client.leaderboard(track, by="a"))
             _say("\n" + leaderboard_table(track.value, "a", rows))
     _say(f"\nDone in {time.monotonic() - started:.0f} s.")
     return 1 if failed else 0

@@ -194,17 +194,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from services.client import ScorerClient
+    from services.client import ScorerClient, leaderboard_rows
 
     with ScorerClient(args.scorer) as client:
-        board = client.leaderboard(args.track, by=args.by, phase=args.phase)
-    rows = [
-        {"rank": e.rank, "team": e.team, "model_name": e.model_name, "job_id": e.job_id,
-         "psnr": e.psnr, "msssim": e.msssim, "mos": e.mos if e.HasField("mos") else None,
-         "runtime_ms": e.runtime_ms, "baseline_runtime_ms": e.baseline_runtime_ms,
-         "score_a": e.scores.score_a, "score_b": e.scores.score_b, "score_c": e.scores.score_c}
-        for e in board.entries
-    ]
+        rows = leaderboard_rows(client.leaderboard(args.track, by=args.by, phase=args.phase))
     if args.json:
         _print_json(rows)
     else:

@@ -142,7 +142,7 @@ class Evaluation:
         spec = self.spec
         graph_def = None if spec.repository_model else self.store.model_bytes(spec.model_sha256)
         return self.inference.load_model(
-            f"sha256-{spec.model_sha256[:16]}", graph_def, spec.repository_model,
+            spec.inference_name, graph_def, spec.repository_model,
             spec.input_tensor, spec.output_tensor,
         )
 

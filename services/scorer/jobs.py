@@ -40,6 +40,12 @@ class JobSpec:
     output_tensor: str = ""
     repository_model: str = ""  # "name/version" in the inference repository, instead of bytes
 
+    @property
+    def inference_name(self) -> str:
+        """The model's name on the inference service: by content, so that the same bytes
+        submitted twice are loaded once."""
+        return f"sha256-{self.model_sha256[:16]}"
+
 
 @dataclass(frozen=True)
 class JobResult:

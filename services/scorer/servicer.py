@@ -141,7 +141,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         refused at submission. If inference is down, the job is accepted and vetted later."""
         try:
             self.inference.load_model(
-                f"sha256-{spec.model_sha256[:16]}", model, spec.repository_model,
+                spec.inference_name, model, spec.repository_model,
                 spec.input_tensor, spec.output_tensor,
             )
         except Unavailable:
