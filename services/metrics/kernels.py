@@ -12,8 +12,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+# fastmath lets the sums be vectorised; error_model="numpy" drops Python's division-by-zero
+# check (the denominators here are never zero), without which no loop with a division is.
 
-@njit(nogil=True, cache=True, fastmath=True)
+
+@njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
 def ssim_band(x, y, g, c1, c2, r0, r1, out):
     """Adds, per channel, the sums of luminance*cs and of cs over output rows [r0, r1) of the
     'valid' area of an HxWxC pair filtered by outer(g, g).
@@ -61,7 +64,7 @@ def ssim_band(x, y, g, c1, c2, r0, r1, out):
             out[ch, 1] += sum_cs[t]
 
 
-@njit(nogil=True, cache=True, fastmath=True, inline="always")
+@njit(nogil=True, cache=True, fastmath=True, error_model="numpy", inline="always")
 def _filter_row(row, g, stride, out):
     """out[t] = sum_k g[k] * row[t + k * stride]; the 11-tap case written out so that the
     loop over t keeps every tap in registers and vectorises."""
@@ -83,7 +86,7 @@ def _filter_row(row, g, stride, out):
             out[t] += weight * row[t + offset]
 
 
-@njit(nogil=True, cache=True, fastmath=True, inline="always")
+@njit(nogil=True, cache=True, fastmath=True, error_model="numpy", inline="always")
 def _combine_rows(ring, g, first, out):
     """out = sum_k g[k] * ring[(first + k) % n]: the vertical pass over the ring of rows."""
     n = g.shape[0]
@@ -108,7 +111,7 @@ def _combine_rows(ring, g, first, out):
             out[t] += weight * src[t]
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
 def downsample(x):
     """2x2 mean in float64; an odd side is first extended by repeating its last row/column."""
     h, w, c = x.shape
@@ -127,7 +130,7 @@ def downsample(x):
     return out
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
 def squared_error_sum(x, y):
     """Sum of (x - y)^2 over all elements, in float64."""
     xf = x.reshape(x.size)
@@ -159,7 +162,7 @@ def gaussian_window(size, sigma):
     return g / g.sum()
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
 def pyramid_terms(x, y, levels, size, sigma, c1, c2, out):
     """All scales of a small pair in one call (no per-scale Python overhead): out[scale, ch]
     gets the mean SSIM and mean contrast-structure of that scale. The window shrinks to the

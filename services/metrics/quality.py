@@ -76,7 +76,7 @@ def psnr(output: np.ndarray, target: np.ndarray, max_val: float = 1.0,
          channel: Channel | str = Channel.RGB, tf_compat: bool = False) -> float:
     """tf.image.psnr's definition: MSE over all pixels and channels; +inf for identical images."""
     a, b = _prepared(output, target, Channel(channel))
-    return _psnr(a, b, max_val, tf_compat)
+    return _checked(_psnr(a, b, max_val, tf_compat), a, b)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray, max_val: float, tf_compat: bool) -> float:
@@ -100,7 +100,7 @@ def ms_ssim(
 ) -> float:
     """Multi-scale SSIM of two HxWxC images with the challenge's five weights."""
     a, b = _prepared(output, target, Channel(channel))
-    return _ms_ssim(a, b, Flavor(flavor), max_val, negative, small, tf_compat)
+    return _checked(_ms_ssim(a, b, Flavor(flavor), max_val, negative, small, tf_compat), a, b)
 
 
 def _ms_ssim(a: np.ndarray, b: np.ndarray, flavor: Flavor, max_val: float,
@@ -136,7 +136,7 @@ def ssim(
 ) -> float:
     """Single-scale SSIM: the mean of luminance * contrast-structure at full resolution."""
     a, b = _prepared(output, target, Channel(channel))
-    return _ssim(a, b, Flavor(flavor), max_val, small, tf_compat)
+    return _checked(_ssim(a, b, Flavor(flavor), max_val, small, tf_compat), a, b)
 
 
 def _ssim(a: np.ndarray, b: np.ndarray, flavor: Flavor, max_val: float,
@@ -261,10 +261,17 @@ def _as_image(x: np.ndarray, what: str) -> np.ndarray:
         raise InvalidArgument(f"{what} must be an HxWxC or 1xHxWxC image, got shape {x.shape}")
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float64)
-    x = np.ascontiguousarray(x)
-    if not kernels.all_finite(x):
-        raise InvalidArgument(f"{what} contains NaN or Inf values")
-    return x
+    return np.ascontiguousarray(x)
+
+
+def _checked(value: float, a: np.ndarray, b: np.ndarray) -> float:
+    """NaN or Inf in an image always makes the figure non-finite, so the images are scanned
+    only then (a non-finite figure can also be legitimate: identical images, a NaN policy)."""
+    if not math.isfinite(value):
+        for image, what in ((a, "output"), (b, "target")):
+            if not kernels.all_finite(image):
+                raise InvalidArgument(f"{what} contains NaN or Inf values")
+    return value
 
 
 def _require_tf_flavor(flavor: Flavor) -> None:
@@ -311,6 +318,8 @@ class PairQuality:
 def evaluate_pair(output: np.ndarray, target: np.ndarray, options: QualityOptions) -> PairQuality:
     """Crop, clip and measure one (output, target) pair."""
     a, b = _as_pair(output, target)  # validated once for all the figures of the pair
+    # Checked up front: clipping would turn an Inf into 1 and cropping could hide a NaN.
+    _checked(math.nan, a, b)
     border = options.crop_border
     if border:
         if min(a.shape[:2]) <= 2 * border:
