@@ -127,6 +127,9 @@ class Engine:
         worker = self._worker(self.settings.default_device)
         source = ModelSource(name, data, input_tensor, output_tensor,
                              self.settings.max_model_bytes)
+        with self._lock:
+            if self._sources.get(name) == source:  # the scorer loads at submission and per job
+                return self._specs[name]
         spec: GraphSpec = worker.call("load", *source.load_args())
         with self._lock:
             self._sources[name] = source
@@ -317,9 +320,11 @@ class Engine:
             raise InvalidArgument(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
         if device in self._unavailable:
             raise FailedPrecondition(self._unavailable[device])
-        if device != self.settings.default_device:
+        worker = self._worker(device)
+        if not worker.running:
+            # Starting the worker is what tells whether this node has the device at all.
             try:
-                self._worker(device).call("ping")
+                worker.call("ping")
             except FailedPrecondition as error:
                 with self._lock:
                     self._unavailable[device] = str(error)

@@ -97,11 +97,15 @@ class Worker:
         self._process: Any = None
         self._conn: Connection | None = None
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
     def call(self, method: str, *args: Any, models: tuple[ModelSource, ...] = ()) -> Any:
         """Calls the runtime in the worker, (re)starting it and loading `models` first if the
         current process does not hold them."""
         with self._lock:
-            if self._process is None or not self._process.is_alive():
+            if not self.running:
                 self._start()
             for model in models:
                 if model.name not in self.loaded:

@@ -35,9 +35,15 @@ def _tiling(factor: int) -> bytes:
     return graph_bytes(build)
 
 
+# Workers of other servers in this test process (the session cluster's) are not ours to kill.
+_OTHER_WORKERS: set[int] = set()
+
+
 @pytest.fixture()
 def server(request: pytest.FixtureRequest) -> Iterator[tuple[RunningServer, Stub]]:
     limit_mb = getattr(request, "param", 3584)
+    _OTHER_WORKERS.clear()
+    _OTHER_WORKERS.update(_worker_pids())
     running = create_server("127.0.0.1:0", EngineSettings(memory_limit_bytes=limit_mb * MIB))
     yield running, Stub(open_channel(f"127.0.0.1:{running.port}", 64))
     running.stop(grace=0.5)
@@ -55,7 +61,8 @@ def _worker_pids() -> list[int]:
         except OSError:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == os.getpid() and b"spawn_main" in cmdline:
+        if (parent == os.getpid() and b"spawn_main" in cmdline
+                and int(entry.name) not in _OTHER_WORKERS):
             pids.append(int(entry.name))
     return pids
 
