@@ -179,14 +179,14 @@ def bench_msssim(
     exact_tf = msssim_tf_ref(output, target)
     o255 = output.astype(np.float64)[np.newaxis] * 255.0
     t255 = target.astype(np.float64)[np.newaxis] * 255.0
-    ours = timed(lambda: ms_ssim(output, target, flavor="tf"), runs=runs, warmup=2)
+    ours = timed(lambda: ms_ssim(output, target, flavor="tf"), runs=runs, warmup=5)
     tf_t = timed(
         lambda: float(tf.image.ssim_multiscale(output[None], target[None], max_val=1.0)[0]),
         runs=max(2, runs // 4), warmup=1,
     )
     official = timed(lambda: msssim_numpy_ref(o255, t255, max_val=255), runs=max(1, runs // 6),
                      warmup=0)
-    ours_np = timed(lambda: ms_ssim(output, target, flavor="numpy"), runs=runs, warmup=2)
+    ours_np = timed(lambda: ms_ssim(output, target, flavor="numpy"), runs=runs, warmup=5)
     print(_row("ours, tf flavour", ours, ours.median_ms, abs(ours.value - exact_tf),
                "exact = msssim_tf_ref (float64)"))
     print(_row("tf.image.ssim_multiscale (eager, f32)", tf_t, ours.median_ms,
@@ -304,7 +304,7 @@ def bench_bias(data: Path | None, cached: dict[str, tuple[float, float]]) -> Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=20,
+    parser.add_argument("--runs", type=int, default=30,
                         help="timed calls of ours (TensorFlow gets runs/4, the NumPy code runs/6)")
     parser.add_argument("--no-bias", action="store_true",
                         help="skip the per-image TensorFlow bias section (about a minute)")

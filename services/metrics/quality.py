@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -39,6 +40,7 @@ LUMA_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
 LUMA_OFFSET = 16.0 / 255.0
 # Valid-area pixels below which one band in the calling thread beats spreading over threads.
 PARALLEL_MIN_PIXELS = 128 * 128
+BANDS_PER_CORE = 4
 _THREADS = os.cpu_count() or 1
 _POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="ssim-band")
 # Pairs of a batch run concurrently on their own pool (a pair may use _POOL for its bands).
@@ -187,7 +189,7 @@ def _pyramid(a: np.ndarray, b: np.ndarray, flavor: Flavor, max_val: float,
     terms = []
     for scale in range(levels):
         if scale:
-            a, b = kernels.downsample(a), kernels.downsample(b)
+            a, b = _downsampled(a, b)
         ssim, cs = _scale_terms(a, b, flavor, max_val, small, scale)
         terms.append(cs if scale < levels - 1 else ssim)
     return np.array(terms)
@@ -203,23 +205,44 @@ def _scale_terms(
     c2 = (K2 * max_val) ** 2
     rows = a.shape[0] - len(window) + 1
     cols = a.shape[1] - len(window) + 1
-    bands = min(_THREADS, rows) if rows * cols >= PARALLEL_MIN_PIXELS else 1
-    edges = np.linspace(0, rows, bands + 1).astype(np.int64)
-    partial = np.zeros((bands, a.shape[2], 2))
-    if bands == 1:
-        kernels.ssim_band(a, b, window, c1, c2, 0, rows, partial[0])
-    else:
-        futures = [
-            _POOL.submit(kernels.ssim_band, a, b, window, c1, c2, edges[i], edges[i + 1],
-                         partial[i])
-            for i in range(bands)
-        ]
-        for future in futures:
-            future.result()
+    partial = np.zeros((_THREADS, a.shape[2], 2))
+
+    def band(index: int, r0: int, r1: int) -> None:
+        kernels.ssim_band(a, b, window, c1, c2, r0, r1, partial[index])
+
+    _in_bands(rows, rows * cols, band)
     sums = partial.sum(axis=0)
     if flavor is Flavor.NUMPY:
         sums = sums.sum(axis=0, keepdims=True) / a.shape[2]
     return sums[:, 0] / (rows * cols), sums[:, 1] / (rows * cols)
+
+
+def _downsampled(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The next scale of both images (2x2 means, in float64)."""
+    shape = ((a.shape[0] + 1) // 2, (a.shape[1] + 1) // 2, a.shape[2])
+    small_a, small_b = np.empty(shape), np.empty(shape)
+
+    def band(_: int, r0: int, r1: int) -> None:
+        kernels.downsample_rows(a, small_a, r0, r1)
+        kernels.downsample_rows(b, small_b, r0, r1)
+
+    _in_bands(shape[0], shape[0] * shape[1], band)
+    return small_a, small_b
+
+
+def _in_bands(rows: int, pixels: int, task: Callable[[int, int, int], None]) -> None:
+    """Runs task(band, first_row, end_row) over bands of rows: one band per core when the work
+    is large enough to pay for the threads (the kernels release the GIL), else one band here."""
+    bands = min(_THREADS, rows) if pixels >= PARALLEL_MIN_PIXELS else 1
+    if bands == 1:
+        task(0, 0, rows)
+        return
+    edges = np.linspace(0, rows, bands + 1).astype(np.int64)
+    futures = [_POOL.submit(task, i, int(edges[i]), int(edges[i + 1]))
+               for i in range(1, bands)]
+    task(0, 0, int(edges[1]))  # the calling thread takes a band instead of waiting idle
+    for future in futures:
+        future.result()
 
 
 def _prepared(output: np.ndarray, target: np.ndarray,

@@ -92,8 +92,9 @@ def _assert_close(got: float, want: float, tol: float, what: str) -> None:
 
 def _random_pair(
     seed: int, h: int, w: int, kind: str, noise: float, lo: float = 0.0, hi: float = 1.0,
+    channels: int = 3,
 ) -> tuple[F32, F32]:
-    """A (output, target) float32 pair of HxWx3 images.
+    """A (output, target) float32 pair of HxWxC images.
 
     kinds: "noisy" (target smooth-ish random, output = target + Gaussian noise), "constant"
     (two different constant images), "one_constant" (constant output, random target),
@@ -101,7 +102,7 @@ def _random_pair(
     contrast terms, so ReLU -> 0 in the tf flavour, NaN in the numpy flavour). Values are
     clipped to [lo, hi]."""
     rng = np.random.default_rng(seed)
-    base = rng.random((h, w, 3))
+    base = rng.random((h, w, channels))
     # Mix in a blurred copy so that images have structure at the coarse scales too.
     blurred = base.copy()
     for axis in (0, 1):
@@ -110,16 +111,16 @@ def _random_pair(
             blurred /= 3.0
     target = 0.5 * base + 0.5 * (blurred - blurred.min()) / max(np.ptp(blurred), 1e-12)
     if kind == "noisy":
-        output = target + noise * rng.standard_normal((h, w, 3))
+        output = target + noise * rng.standard_normal((h, w, channels))
     elif kind == "constant":
-        target = np.full((h, w, 3), 0.25 + 0.5 * rng.random())
-        output = np.full((h, w, 3), 0.5 * rng.random())
+        target = np.full((h, w, channels), 0.25 + 0.5 * rng.random())
+        output = np.full((h, w, channels), 0.5 * rng.random())
     elif kind == "one_constant":
-        output = np.full((h, w, 3), rng.random())
+        output = np.full((h, w, channels), rng.random())
     elif kind == "shifted":
         output = target + noise
     elif kind == "inverted":
-        output = 1.0 - target + noise * rng.standard_normal((h, w, 3))
+        output = 1.0 - target + noise * rng.standard_normal((h, w, channels))
     else:
         raise AssertionError(kind)
     target = lo + (hi - lo) * target
@@ -255,11 +256,13 @@ NOISE = st.floats(min_value=0.0, max_value=0.5, allow_nan=False)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     h=st.integers(161, 260), w=st.integers(161, 260), seed=SEEDS, kind=KINDS, noise=NOISE,
+    channels=st.sampled_from([3, 3, 1, 2, 4]),
 )
 def test_random_tf_flavour_matches_reference(
-    h: int, w: int, seed: int, kind: str, noise: float,
+    h: int, w: int, seed: int, kind: str, noise: float, channels: int,
 ) -> None:
-    output, target = _random_pair(seed, h, w, kind, noise)
+    """RGB mostly; 1, 2 and 4 channels take the kernel's other strides."""
+    output, target = _random_pair(seed, h, w, kind, noise, channels=channels)
     _assert_close(
         ms_ssim(output, target, flavor="tf"), msssim_tf_ref(output, target), MSSSIM_TOL,
         f"tf MS-SSIM {kind} {h}x{w} noise {noise}",
