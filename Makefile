@@ -11,7 +11,7 @@ STAMP_PROTOS := $(GEN)/.generated
 CLIENT_VENV := build/client-venv
 STAMP_CLIENT := $(CLIENT_VENV)/.installed
 
-.PHONY: setup protos run test lint unit integration clean bench-inference bench-metrics
+.PHONY: setup protos run test lint unit integration clean bench-inference bench-metrics bench-e2e
 
 setup: $(STAMP_INSTALL) $(STAMP_PROTOS) $(STAMP_CLIENT)
 
@@ -63,6 +63,9 @@ bench-inference: setup
 
 bench-metrics: setup
 	$(BIN)/python -m bench.bench_metrics
+
+bench-e2e: setup
+	$(BIN)/python -m bench.bench_e2e
 
 clean:
 	rm -rf build var .pytest_cache .mypy_cache .ruff_cache

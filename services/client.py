@@ -11,8 +11,16 @@ from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
 from services.common.config import DEFAULT_MAX_MESSAGE_MB
 from services.common.server import open_channel
+from services.scorer.leaderboard import EntryPolicy
 from services.scorer.scoring import Phase, Track
-from services.scorer.wire import PHASE_MESSAGES, PHASES, RANK_BY_MESSAGES, TRACK_MESSAGES, TRACKS
+from services.scorer.wire import (
+    ENTRY_POLICY_MESSAGES,
+    PHASE_MESSAGES,
+    PHASES,
+    RANK_BY_MESSAGES,
+    TRACK_MESSAGES,
+    TRACKS,
+)
 
 
 class ScorerClient:
@@ -69,6 +77,16 @@ class ScorerClient:
             job = update
         return job
 
+    def cancel(self, job_id: str) -> scorer_pb2.Job:
+        """Stops a queued or running job; a finished job comes back unchanged."""
+        return self._stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=job_id),
+                                    timeout=self._deadline)
+
+    def set_mos(self, job_id: str, mos: float) -> scorer_pb2.Job:
+        """Gives a finished final-phase job its MOS; the job comes back rescored."""
+        return self._stub.SetMos(scorer_pb2.SetMosRequest(job_id=job_id, mos=mos),
+                                 timeout=self._deadline)
+
     def jobs(self, team: str = "", track: Track | str | None = None) -> list[scorer_pb2.Job]:
         request = scorer_pb2.ListJobsRequest(
             team=team,
@@ -77,11 +95,13 @@ class ScorerClient:
         return list(self._stub.ListJobs(request, timeout=self._deadline).jobs)
 
     def leaderboard(
-        self, track: Track | str, by: str = "a", phase: Phase | str = Phase.VALIDATION
+        self, track: Track | str, by: str = "a", phase: Phase | str = Phase.VALIDATION,
+        policy: EntryPolicy | str = EntryPolicy.BEST,
     ) -> scorer_pb2.LeaderboardResponse:
+        """One entry per team: its best result by the ranking, or its latest."""
         request = scorer_pb2.LeaderboardRequest(
             track=TRACK_MESSAGES[Track(track)], by=RANK_BY_MESSAGES[by],
-            phase=PHASE_MESSAGES[Phase(phase)],
+            phase=PHASE_MESSAGES[Phase(phase)], policy=ENTRY_POLICY_MESSAGES[EntryPolicy(policy)],
         )
         return self._stub.Leaderboard(request, timeout=self._deadline)
 
@@ -92,13 +112,15 @@ def leaderboard_rows(board: scorer_pb2.LeaderboardResponse) -> list[dict[str, An
         {"rank": e.rank, "team": e.team, "model_name": e.model_name, "job_id": e.job_id,
          "psnr": e.psnr, "msssim": e.msssim, "mos": e.mos if e.HasField("mos") else None,
          "runtime_ms": e.runtime_ms, "baseline_runtime_ms": e.baseline_runtime_ms,
+         "device": e.device, "peak_memory_mb": e.peak_memory_mb,
          "score_a": e.scores.score_a, "score_b": e.scores.score_b, "score_c": e.scores.score_c}
         for e in board.entries
     ]
 
 
 def json_number(value: float) -> float | str:
-    """JSON has no infinity: identical images (PSNR = inf) are written as the string "inf"."""
+    """JSON has no infinity or NaN: identical images (PSNR = inf) are written as the string
+    "inf", the scores of a final-phase job waiting for its MOS as "nan"."""
     return value if math.isfinite(value) else str(value)
 
 
@@ -134,10 +156,12 @@ def job_summary(job: scorer_pb2.Job) -> dict[str, Any]:
             peak_memory_mb=r.runtime.peak_memory_mb,
             device=r.runtime.device,
             node=r.runtime.node,
-            score_a=r.scores.score_a,
-            score_b=r.scores.score_b,
-            score_c=r.scores.score_c,
+            score_a=json_number(r.scores.score_a),
+            score_b=json_number(r.scores.score_b),
+            score_c=json_number(r.scores.score_c),
+            awaiting_mos=math.isnan(r.scores.score_a),
             images=r.images,
+            stage_seconds=dict(sorted(r.stage_seconds.items())),
         )
     if job.error:
         summary["error"] = job.error

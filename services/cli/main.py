@@ -58,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     _scorer_and_json(status)
     status.set_defaults(run=cmd_status)
 
+    cancel = commands.add_parser("cancel", help="stop a queued or running job")
+    cancel.add_argument("job_id")
+    _scorer_and_json(cancel)
+    cancel.set_defaults(run=cmd_cancel)
+
+    set_mos = commands.add_parser("set-mos", help="give a finished final-phase job its MOS")
+    set_mos.add_argument("job_id")
+    set_mos.add_argument("--mos", type=float, required=True, help="the user study's MOS")
+    _scorer_and_json(set_mos)
+    set_mos.set_defaults(run=cmd_set_mos)
+
     jobs = commands.add_parser("jobs", help="all jobs")
     jobs.add_argument("--team", default="")
     _scorer_and_json(jobs)
@@ -67,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     _track(board)
     board.add_argument("--by", choices=["a", "b", "c"], default="a")
     board.add_argument("--phase", choices=[p.value for p in Phase], default="validation")
+    board.add_argument("--policy", choices=["best", "latest"], default="best",
+                       help="which of a team's results stands for it")
     _scorer_and_json(board)
     board.set_defaults(run=cmd_leaderboard)
 
@@ -176,6 +189,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from services.client import ScorerClient, job_summary
+
+    with ScorerClient(args.scorer) as client:
+        summary = job_summary(client.cancel(args.job_id))
+    _print_json(summary) if args.json else _print_job(summary)
+    return 0
+
+
+def cmd_set_mos(args: argparse.Namespace) -> int:
+    from services.client import ScorerClient, job_summary
+
+    with ScorerClient(args.scorer) as client:
+        summary = job_summary(client.set_mos(args.job_id, args.mos))
+    _print_json(summary) if args.json else _print_job(summary)
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from services.client import ScorerClient, job_summary
 
@@ -197,7 +228,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from services.client import ScorerClient, leaderboard_rows
 
     with ScorerClient(args.scorer) as client:
-        rows = leaderboard_rows(client.leaderboard(args.track, by=args.by, phase=args.phase))
+        rows = leaderboard_rows(client.leaderboard(args.track, by=args.by, phase=args.phase,
+                                                   policy=args.policy))
     if args.json:
         _print_json(rows)
     else:
@@ -207,13 +239,19 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def leaderboard_table(track: str, by: str, rows: list[dict[str, Any]]) -> str:
     title = f"Track {track} leaderboard, ranked by score {by.upper()}"
-    header = (f"{'#':>2}  {'team':20}  {'PSNR':>7}  {'MS-SSIM':>7}  {'CPU ms':>8}  "
-              f"{'base ms':>8}  {'score A':>8}  {'score B':>8}  {'score C':>8}")
+    # The challenge's tables: fidelity, perception, runtime on CPU or GPU, RAM, three scores.
+    header = (f"{'#':>2}  {'team':20}  {'PSNR':>7}  {'MS-SSIM':>7}  {'MOS':>5}  {'CPU ms':>8}  "
+              f"{'GPU ms':>8}  {'RAM MB':>7}  {'base ms':>8}  {'score A':>8}  {'score B':>8}  "
+              f"{'score C':>8}")
     lines = [title, header, "-" * len(header)]
     for r in rows:
+        on_gpu = r.get("device", "").upper().startswith("GPU")
         lines.append(
             f"{r['rank']:>2}  {r['team'][:20]:20}  {_fmt(r['psnr'], 7, 3)}  "
-            f"{_fmt(r['msssim'], 7, 4)}  {_fmt(r['runtime_ms'], 8, 1)}  "
+            f"{_fmt(r['msssim'], 7, 4)}  {_fmt(r['mos'], 5, 2)}  "
+            f"{_fmt(None if on_gpu else r['runtime_ms'], 8, 1)}  "
+            f"{_fmt(r['runtime_ms'] if on_gpu else None, 8, 1)}  "
+            f"{_fmt(r.get('peak_memory_mb') or None, 7, 0)}  "
             f"{_fmt(r['baseline_runtime_ms'], 8, 1)}  {_fmt(r['score_a'], 8, 2)}  "
             f"{_fmt(r['score_b'], 8, 2)}  {_fmt(r['score_c'], 8, 2)}"
         )
@@ -315,8 +353,11 @@ def _print_job(s: dict[str, Any]) -> None:
         print(f"  PSNR {s['psnr']:.4f} dB   MS-SSIM {s['msssim']:.6f}")
         print(f"  runtime {s['runtime_ms']:.1f} ms (95% CI {lo:.1f}-{hi:.1f}, {s['runtime_runs']} "
               f"runs, {s['device']} on {s['node']}); baseline {s['baseline_runtime_ms']:.1f} ms")
-        print(f"  score A {s['score_a']:.3f}   score B {s['score_b']:.3f}   "
-              f"score C {s['score_c']:.3f}")
+        if s["awaiting_mos"]:
+            print("  scores: waiting for the MOS (pirm set-mos JOB_ID --mos X)")
+        else:
+            print(f"  score A {s['score_a']:.3f}   score B {s['score_b']:.3f}   "
+                  f"score C {s['score_c']:.3f}")
     if s.get("error"):
         print(f"  error: {s['error']}")
 

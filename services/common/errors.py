@@ -6,6 +6,10 @@ class PirmError(Exception):
 
     status = "INTERNAL"
 
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Trailing metadata sent with the status (machine-readable hints)."""
+        return ()
+
 
 class InvalidArgument(PirmError):
     status = "INVALID_ARGUMENT"
@@ -29,6 +33,15 @@ class FailedPrecondition(PirmError):
 
 class ResourceExhausted(PirmError):
     status = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.retry_after_s is None:
+            return ()
+        return (("retry-after-s", f"{self.retry_after_s:.0f}"),)
 
 
 class Unavailable(PirmError):

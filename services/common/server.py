@@ -147,6 +147,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
 def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
     if isinstance(error, PirmError):
+        if error.metadata():
+            context.set_trailing_metadata(error.metadata())
         context.abort(grpc.StatusCode[error.status], str(error))
     if context.code() is not None:  # type: ignore[attr-defined]  # aborted by the servicer
         raise error

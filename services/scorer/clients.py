@@ -2,13 +2,23 @@
 
 Every call has a deadline; UNAVAILABLE is retried with exponential backoff; any other status
 becomes the domain error of the same code, so that a job fails with the service's own message.
+
+Several endpoints of a service form a pool used round-robin (client-side load balancing: gRPC
+keeps one long-lived HTTP/2 connection per endpoint, so a Kubernetes Service's connection-level
+balancing would pin the scorer to one pod). An endpoint that stays UNAVAILABLE is skipped for
+the next one. `dns:///name:port` stands for every address the name resolves to (a headless
+Service: one per pod), resolved again at each job's start so that new pods are used.
 """
 
 from __future__ import annotations
 
+import itertools
+import socket
+import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
 
 import grpc
 import numpy as np
@@ -23,6 +33,11 @@ from services.metrics.quality import PairQuality, QualityOptions
 from services.metrics.servicer import FLAVOR_MESSAGES
 
 T = TypeVar("T")
+C = TypeVar("C", "InferenceClient", "MetricsClient")
+DNS_PREFIX = "dns:///"
+# An endpoint that stayed UNAVAILABLE is tried last for this long, so that a dead replica does
+# not cost every other call its retries.
+DOWN_FOR_S = 10.0
 
 _ERRORS: dict[grpc.StatusCode, type[errors.PirmError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -36,6 +51,8 @@ _ERRORS: dict[grpc.StatusCode, type[errors.PirmError]] = {
 def call_with_retry(
     service: str, call: Callable[[], T], attempts: int = 5, first_backoff_s: float = 0.2
 ) -> T:
+    """`call` with UNAVAILABLE retried after 0.2, 0.4, 0.8 ... s; other statuses raised at once
+    as the domain error of the same code."""
     for attempt in range(attempts):
         try:
             return call()
@@ -50,10 +67,15 @@ def call_with_retry(
 
 
 class InferenceClient:
-    def __init__(self, target: str, max_message_mb: int, deadline_s: float = 600.0) -> None:
+    """One inference endpoint."""
+
+    def __init__(self, target: str, max_message_mb: int, deadline_s: float = 600.0,
+                 attempts: int = 5) -> None:
+        self.target = target
         self._channel = open_channel(target, max_message_mb)
         self._stub = inference_pb2_grpc.InferenceServiceStub(self._channel)
         self._deadline = deadline_s
+        self._attempts = attempts
 
     def load_model(
         self, name: str, graph_def: bytes | None, repository_model: str,
@@ -68,16 +90,12 @@ class InferenceClient:
                                                                       version=version))
         else:
             request.graph_def = graph_def or b""
-        response = call_with_retry(
-            "inference", lambda: self._stub.LoadModel(request, timeout=self._deadline)
-        )
+        response = self._call(lambda: self._stub.LoadModel(request, timeout=self._deadline))
         return response.model.name
 
     def infer(self, model: str, image: np.ndarray) -> np.ndarray:
         request = inference_pb2.InferRequest(model=model, input=to_tensor(image))
-        response = call_with_retry(
-            "inference", lambda: self._stub.Infer(request, timeout=self._deadline)
-        )
+        response = self._call(lambda: self._stub.Infer(request, timeout=self._deadline))
         return from_tensor(response.output, "model output")
 
     def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
@@ -109,19 +127,25 @@ class InferenceClient:
             ),
             measure_memory=measure_memory,
         )
-        return call_with_retry(
-            "inference", lambda: self._stub.Benchmark(request, timeout=self._deadline)
-        )
+        return self._call(lambda: self._stub.Benchmark(request, timeout=self._deadline))
+
+    def _call(self, call: Callable[[], T]) -> T:
+        return call_with_retry(f"inference {self.target}", call, self._attempts)
 
     def close(self) -> None:
         self._channel.close()
 
 
 class MetricsClient:
-    def __init__(self, target: str, max_message_mb: int, deadline_s: float = 120.0) -> None:
+    """One metrics endpoint."""
+
+    def __init__(self, target: str, max_message_mb: int, deadline_s: float = 120.0,
+                 attempts: int = 5) -> None:
+        self.target = target
         self._channel = open_channel(target, max_message_mb)
         self._stub = metrics_pb2_grpc.MetricsServiceStub(self._channel)
         self._deadline = deadline_s
+        self._attempts = attempts
 
     def evaluate(
         self, output: np.ndarray, target: np.ndarray, options: QualityOptions
@@ -137,9 +161,212 @@ class MetricsClient:
             ),
         )
         response = call_with_retry(
-            "metrics", lambda: self._stub.Evaluate(request, timeout=self._deadline)
+            f"metrics {self.target}", lambda: self._stub.Evaluate(request, timeout=self._deadline),
+            self._attempts,
         )
         return PairQuality(psnr=response.psnr, msssim=response.msssim)
 
     def close(self) -> None:
         self._channel.close()
+
+
+def resolve_targets(spec: str) -> list[str]:
+    """'host:port,host:port,dns:///name:port' -> the endpoints, a dns:/// entry expanded to
+    every address its name resolves to (a name that does not resolve is kept as it is: gRPC
+    reports it UNAVAILABLE and the pool skips it)."""
+    targets: list[str] = []
+    for entry in (part.strip() for part in spec.split(",")):
+        if not entry:
+            continue
+        if not entry.startswith(DNS_PREFIX):
+            targets.append(entry)
+            continue
+        host, _, port = entry.removeprefix(DNS_PREFIX).rpartition(":")
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (OSError, ValueError):
+            targets.append(entry.removeprefix(DNS_PREFIX))
+            continue
+        addresses = sorted({str(info[4][0]) for info in infos})
+        targets.extend(f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses)
+    return list(dict.fromkeys(targets))
+
+
+class EndpointPool(Generic[C]):
+    """The clients of one service's endpoints, handed out round-robin."""
+
+    def __init__(self, spec: str, connect: Callable[[str], C]) -> None:
+        self._spec = spec
+        self._connect: Callable[[str], C] = connect
+        self._lock = threading.Lock()
+        self._clients: dict[str, C] = {}
+        self._down_until: dict[str, float] = {}
+        self._turn = itertools.count()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Resolves the endpoints again: new ones are connected, vanished ones closed."""
+        targets = resolve_targets(self._spec)
+        if not targets:
+            raise errors.InvalidArgument(f"no endpoints in {self._spec!r}")
+        with self._lock:
+            for target in set(self._clients) - set(targets):
+                self._clients.pop(target).close()
+            for target in targets:
+                if target not in self._clients:
+                    self._clients[target] = self._connect(target)
+
+    @property
+    def size(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
+    def all(self) -> list[C]:
+        with self._lock:
+            return list(self._clients.values())
+
+    def rotation(self) -> list[C]:
+        """Every client, starting with the next one's turn, endpoints recently found down
+        last: try them in this order."""
+        clients = self.all()
+        start = next(self._turn) % len(clients)
+        turn = clients[start:] + clients[:start]
+        now = time.monotonic()
+        with self._lock:
+            down = {t for t, until in self._down_until.items() if until > now}
+        return [c for c in turn if c.target not in down] + [c for c in turn if c.target in down]
+
+    def first_available(self, call: Callable[[C], T]) -> T:
+        """call(client) on the clients in rotation until one is not UNAVAILABLE."""
+        failure: errors.Unavailable | None = None
+        for client in self.rotation():
+            try:
+                return call(client)
+            except errors.Unavailable as error:
+                failure = error
+                with self._lock:
+                    self._down_until[client.target] = time.monotonic() + DOWN_FOR_S
+        assert failure is not None
+        raise failure
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
+class InferencePool:
+    """The scorer's inference backend over one or several endpoints.
+
+    A model is loaded on every endpoint (so that any of them can infer it) and again, lazily, on
+    an endpoint that joined later or lost it in a restart; a runtime comparison runs on one
+    endpoint, which holds both of its models."""
+
+    def __init__(self, spec: str, max_message_mb: int, attempts: int = 3) -> None:
+        self._pool: EndpointPool[InferenceClient] = EndpointPool(
+            spec, lambda target: InferenceClient(target, max_message_mb, attempts=attempts))
+        self._lock = threading.Lock()
+        self._sources: dict[str, tuple[bytes | None, str, str, str]] = {}
+        self._loaded: set[tuple[str, str]] = set()  # (endpoint, model)
+
+    @property
+    def parallelism(self) -> int:
+        return self._pool.size
+
+    def refresh(self) -> None:
+        self._pool.refresh()
+
+    def load_model(
+        self, name: str, graph_def: bytes | None, repository_model: str,
+        input_tensor: str, output_tensor: str,
+    ) -> str:
+        """Loads on every endpoint at once; refused if any endpoint refuses the model (a bad
+        graph), accepted if at least one endpoint has it."""
+        with self._lock:
+            self._sources[name] = (graph_def, repository_model, input_tensor, output_tensor)
+        clients = self._pool.all()
+        with ThreadPoolExecutor(len(clients)) as loaders:
+            outcomes = list(loaders.map(lambda c: _outcome(lambda: self._ensure(c, name)),
+                                        clients))
+        failures = [error for error in outcomes if error is not None]
+        refusals = [error for error in failures if not isinstance(error, errors.Unavailable)]
+        if refusals:
+            raise refusals[0]
+        if len(failures) == len(outcomes):
+            raise failures[0]  # every endpoint is unavailable
+        return name
+
+    def infer(self, model: str, image: np.ndarray) -> np.ndarray:
+        return self._pool.first_available(
+            lambda client: self._reloading(client, lambda: client.infer(model, image), model))
+
+    def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
+                  measure_memory: bool = False) -> DeviceTiming:
+        return self._pool.first_available(lambda client: self._reloading(
+            client, lambda: client.benchmark(model, image, options, measure_memory), model))
+
+    def compare(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
+                measure_memory: bool = False) -> RuntimeComparison:
+        return self._pool.first_available(lambda client: self._reloading(
+            client, lambda: client.compare(model, baseline, image, options, measure_memory),
+            model, baseline))
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _reloading(self, client: InferenceClient, call: Callable[[], T], *models: str) -> T:
+        """call() with the models loaded on the client's endpoint first; once more after
+        reloading them if the endpoint lost them (a restarted inference server)."""
+        for model in models:
+            self._ensure(client, model)
+        try:
+            return call()
+        except errors.NotFound:
+            with self._lock:
+                self._loaded -= {(client.target, model) for model in models}
+            for model in models:
+                self._ensure(client, model)
+            return call()
+
+    def _ensure(self, client: InferenceClient, model: str) -> None:
+        with self._lock:
+            if (client.target, model) in self._loaded:
+                return
+            if model not in self._sources:
+                raise errors.NotFound(f"model {model!r} was never loaded through this scorer")
+            graph_def, repository_model, input_tensor, output_tensor = self._sources[model]
+        client.load_model(model, graph_def, repository_model, input_tensor, output_tensor)
+        with self._lock:
+            self._loaded.add((client.target, model))
+
+
+class MetricsPool:
+    """The scorer's metrics backend over one or several endpoints, round-robin."""
+
+    def __init__(self, spec: str, max_message_mb: int, attempts: int = 3) -> None:
+        self._pool: EndpointPool[MetricsClient] = EndpointPool(
+            spec, lambda target: MetricsClient(target, max_message_mb, attempts=attempts))
+
+    @property
+    def parallelism(self) -> int:
+        return self._pool.size
+
+    def refresh(self) -> None:
+        self._pool.refresh()
+
+    def evaluate(
+        self, output: np.ndarray, target: np.ndarray, options: QualityOptions
+    ) -> PairQuality:
+        return self._pool.first_available(lambda client: client.evaluate(output, target, options))
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _outcome(call: Callable[[], object]) -> errors.PirmError | None:
+    try:
+        call()
+    except errors.PirmError as error:
+        return error
+    return None

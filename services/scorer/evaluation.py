@@ -8,10 +8,8 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Protocol
@@ -21,7 +19,8 @@ import numpy as np
 from services.common.errors import FailedPrecondition
 from services.inference.timing import DeviceTiming, RuntimeComparison, TimingOptions
 from services.metrics.quality import PairQuality, QualityOptions
-from services.scorer.jobs import Job, JobResult
+from services.scorer.jobs import Job, JobResult, JobSpec
+from services.scorer.pipeline import Stage, StageClock, run_pipeline
 from services.scorer.protocol import (
     QUALITY_OPTIONS,
     QualityItem,
@@ -31,7 +30,11 @@ from services.scorer.protocol import (
 )
 from services.scorer.scoring import (
     KAPPA,
+    UNSCORED,
+    Phase,
+    ScoreConstants,
     ScoreInputs,
+    Scores,
     Track,
     compute_scores,
     score_constants,
@@ -42,6 +45,11 @@ log = logging.getLogger(__name__)
 
 
 class InferenceBackend(Protocol):
+    @property
+    def parallelism(self) -> int: ...  # calls worth having in flight (one per endpoint)
+
+    def refresh(self) -> None: ...  # re-resolve the endpoints
+
     def load_model(
         self, name: str, graph_def: bytes | None, repository_model: str,
         input_tensor: str, output_tensor: str,
@@ -57,6 +65,11 @@ class InferenceBackend(Protocol):
 
 
 class MetricsBackend(Protocol):
+    @property
+    def parallelism(self) -> int: ...
+
+    def refresh(self) -> None: ...
+
     def evaluate(
         self, output: np.ndarray, target: np.ndarray, options: QualityOptions
     ) -> PairQuality: ...
@@ -105,6 +118,10 @@ class BaselineTimings:
             return timing
 
 
+class Cancelled(Exception):
+    """The job was cancelled: its work stops at the next image or call."""
+
+
 class Evaluation:
     def __init__(
         self,
@@ -116,6 +133,7 @@ class Evaluation:
         settings: EvaluationSettings,
         on_progress: Callable[[], None],
         stopping: threading.Event,
+        cancelled: threading.Event | None = None,
     ) -> None:
         self.job = job
         self.spec = job.spec
@@ -126,17 +144,30 @@ class Evaluation:
         self.settings = settings
         self.on_progress = on_progress
         self.stopping = stopping
+        self.cancelled = cancelled or threading.Event()
+        self.clock = StageClock()
         self._progress_lock = threading.Lock()
 
     def run(self) -> JobResult:
         dataset = Path(self.spec.dataset)
         items = quality_items(self.spec.track, dataset)
+        self.inference.refresh()  # endpoints added since the last job (new pods) take part
+        self.metrics.refresh()
         model = self._load_model()
         self._measure_quality(model, items)
         self._progress(len(items), len(items), "timing")
+        started = time.perf_counter()
         runtime = self._measure_runtime(model, dataset)
+        timing_s = time.perf_counter() - started
         self._progress(len(items), len(items), "scoring")
-        return self._result(runtime, len(items))
+        return self._result(runtime, len(items), timing_s)
+
+    def check(self) -> None:
+        """Raised between units of work: a stopping scorer or a cancelled job."""
+        if self.stopping.is_set():
+            raise Interrupted()
+        if self.cancelled.is_set():
+            raise Cancelled()
 
     def _load_model(self) -> str:
         spec = self.spec
@@ -147,47 +178,52 @@ class Evaluation:
         )
 
     def _measure_quality(self, model: str, items: list[QualityItem]) -> None:
-        """Decode of image k+1 and metrics of image k overlap inference; results are stored
-        per image, so a resumed job skips what is done."""
+        """The images flow through prepare -> infer -> metrics -> store, each stage with its
+        own workers: one inference call in flight per inference endpoint, `metrics_in_flight`
+        per metrics endpoint. Results are stored per image, so a resumed job skips what is
+        done."""
         done = self.store.image_results(self.job.job_id)
         todo = [item for item in items if item.name not in done]
         total, finished = len(items), len(items) - len(todo)
         self._progress(finished, total, "quality")
         options = QUALITY_OPTIONS[self.spec.track]
         track = self.spec.track
-        with ThreadPoolExecutor(1 + self.settings.metrics_in_flight) as pool:
-            pending: deque[Future[None]] = deque()
 
-            def score(item: QualityItem, output: np.ndarray, target: np.ndarray) -> None:
-                nonlocal finished
-                quality = self.metrics.evaluate(output, target, options)
-                self.store.put_image_result(self.job.job_id, item.name, quality.psnr,
-                                            quality.msssim)
-                with self._progress_lock:
-                    finished += 1
-                    self._progress(finished, total, "quality")
+        def prepare(item: QualityItem) -> tuple[QualityItem, np.ndarray, np.ndarray]:
+            return (item, *prepare_quality_pair(track, item))
 
-            prepared = pool.submit(prepare_quality_pair, track, todo[0]) if todo else None
-            for index, item in enumerate(todo):
-                if self.stopping.is_set():
-                    raise Interrupted()
-                assert prepared is not None
-                model_input, target = prepared.result()
-                if index + 1 < len(todo):
-                    prepared = pool.submit(prepare_quality_pair, track, todo[index + 1])
-                output = self.inference.infer(model, model_input)
-                pending.append(pool.submit(score, item, output, target))
-                while len(pending) > self.settings.metrics_in_flight:
-                    pending.popleft().result()
-            for future in pending:
-                future.result()
+        def infer(work: tuple[QualityItem, np.ndarray, np.ndarray]
+                  ) -> tuple[QualityItem, np.ndarray, np.ndarray]:
+            item, model_input, target = work
+            return item, self.inference.infer(model, model_input), target
+
+        def measure(work: tuple[QualityItem, np.ndarray, np.ndarray]
+                    ) -> tuple[QualityItem, PairQuality]:
+            item, output, target = work
+            return item, self.metrics.evaluate(output, target, options)
+
+        def store(work: tuple[QualityItem, PairQuality]) -> None:
+            nonlocal finished
+            item, quality = work
+            self.store.put_image_result(self.job.job_id, item.name, quality.psnr,
+                                        quality.msssim)
+            with self._progress_lock:
+                finished += 1
+                self._progress(finished, total, "quality")
+
+        stages = [
+            Stage("prepare", prepare),
+            Stage("inference", infer, self.inference.parallelism),
+            Stage("metrics", measure, self.settings.metrics_in_flight * self.metrics.parallelism),
+            Stage("store", store),
+        ]
+        run_pipeline(todo, stages, capacity=2, check=self.check, clock=self.clock)
 
     def _measure_runtime(self, model: str, dataset: Path) -> RuntimeComparison:
         """The model's runtime and peak memory on the HD image, and the baseline's runtime on
         the same node, device and thread settings."""
         image = timing_input(self.spec.track, dataset)
-        if self.stopping.is_set():
-            raise Interrupted()
+        self.check()
         track, options = self.spec.track, self.settings.timing
         if self.settings.timing_mode == "interleaved":
             baseline = self.baselines.load(track)
@@ -203,7 +239,7 @@ class Evaluation:
             ratio_ci95_high=base.timing.ci95_high_ms / runtime.timing.ci95_low_ms,
         )
 
-    def _result(self, comparison: RuntimeComparison, images: int) -> JobResult:
+    def _result(self, comparison: RuntimeComparison, images: int, timing_s: float) -> JobResult:
         runtime, baseline = comparison.solution, comparison.baseline
         per_image = self.store.image_results(self.job.job_id)
         if len(per_image) != images:
@@ -212,35 +248,59 @@ class Evaluation:
             )
         psnr = _mean([p for p, _ in per_image.values()])
         msssim = _mean([m for _, m in per_image.values()])
-        inputs = ScoreInputs(
-            track=self.spec.track,
-            phase=self.spec.phase,
-            psnr=psnr,
-            msssim=msssim,
-            runtime_ms=runtime.timing.median_ms,
-            baseline_runtime_ms=baseline.timing.median_ms,
-            mos=self.spec.mos,
-            kappa=self.settings.kappa,
-            mos_ref=self.settings.mos_ref.get(self.spec.track),
-        )
+        stage_seconds = {**self.clock.busy_s, "quality_wall": self.clock.wall_s,
+                         "timing_wall": timing_s}
+        scores, constants = _scores(self.spec, _score_inputs(
+            self.spec, psnr, msssim, runtime, baseline, self.spec.mos, self.settings))
         return JobResult(
             psnr=psnr,
             msssim=msssim,
             mos=self.spec.mos,
             runtime=runtime,
             baseline_runtime=baseline,
-            scores=compute_scores(inputs),
-            constants=score_constants(inputs),
+            scores=scores,
+            constants=constants,
             images=images,
             software=software_versions(),
             speed_ratio=comparison.speed_ratio,
             speed_ratio_ci95=(comparison.ratio_ci95_low, comparison.ratio_ci95_high),
             timing_mode=self.settings.timing_mode,
+            stage_seconds={name: round(seconds, 6) for name, seconds in stage_seconds.items()},
         )
 
     def _progress(self, done: int, total: int, stage: str) -> None:
         self.store.set_progress(self.job.job_id, done, total, stage)
         self.on_progress()
+
+
+def rescored(result: JobResult, spec: JobSpec, mos: float | None,
+             settings: EvaluationSettings) -> JobResult:
+    """The result scored with this MOS (SPEC.md section 3); a final-phase result without a MOS
+    stays unscored until SetMos gives one."""
+    scores, constants = _scores(spec, _score_inputs(
+        spec, result.psnr, result.msssim, result.runtime, result.baseline_runtime, mos, settings))
+    return replace(result, mos=mos, scores=scores, constants=constants)
+
+
+def _scores(spec: JobSpec, inputs: ScoreInputs) -> tuple[Scores, ScoreConstants]:
+    unscored = spec.phase is Phase.FINAL and inputs.mos is None
+    return UNSCORED if unscored else compute_scores(inputs), score_constants(inputs)
+
+
+def _score_inputs(spec: JobSpec, psnr: float, msssim: float, runtime: DeviceTiming,
+                  baseline: DeviceTiming, mos: float | None,
+                  settings: EvaluationSettings) -> ScoreInputs:
+    return ScoreInputs(
+        track=spec.track,
+        phase=spec.phase,
+        psnr=psnr,
+        msssim=msssim,
+        runtime_ms=runtime.timing.median_ms,
+        baseline_runtime_ms=baseline.timing.median_ms,
+        mos=mos,
+        kappa=settings.kappa,
+        mos_ref=settings.mos_ref.get(spec.track),
+    )
 
 
 def _mean(values: list[float]) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -61,6 +62,14 @@ class JobResult:
     speed_ratio: float = 0.0  # baseline / solution runtime, before the cap
     speed_ratio_ci95: tuple[float, float] = (0.0, 0.0)
     timing_mode: str = "interleaved"
+    # Where the evaluation's time went: busy seconds per pipeline stage (summed over its
+    # workers) and the wall seconds of the quality and timing stages.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def awaiting_mos(self) -> bool:
+        """A final-phase result without its MOS yet: not scored, not ranked."""
+        return math.isnan(self.scores.score_a)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

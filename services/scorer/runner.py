@@ -8,6 +8,7 @@ import threading
 from services.common.errors import PirmError
 from services.scorer.evaluation import (
     BaselineTimings,
+    Cancelled,
     Evaluation,
     EvaluationSettings,
     InferenceBackend,
@@ -39,6 +40,8 @@ class JobRunner:
         self._version = 0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._cancel_lock = threading.Lock()
+        self._cancel_events: dict[str, threading.Event] = {}  # of the jobs running here
 
     def start(self) -> None:
         requeued = self.store.requeue_running()
@@ -55,6 +58,16 @@ class JobRunner:
         self.notify()
         for thread in self._threads:
             thread.join(timeout)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancels a queued or running job; a running one stops at its next unit of work."""
+        job = self.store.cancel(job_id)
+        with self._cancel_lock:
+            event = self._cancel_events.get(job_id)
+        if event is not None and job.state is JobState.CANCELLED:
+            event.set()
+        self.notify()
+        return job
 
     def notify(self) -> None:
         with self._changed:
@@ -84,25 +97,39 @@ class JobRunner:
 
     def _run(self, job: Job) -> None:
         log.info("job started", extra={"job_id": job.job_id, "track": job.spec.track.value})
+        cancelled = threading.Event()
+        with self._cancel_lock:
+            self._cancel_events[job.job_id] = cancelled
+        # A cancel that reached the store between claiming the job and registering the event.
+        if self.store.get_job(job.job_id).state is JobState.CANCELLED:
+            cancelled.set()
         evaluation = Evaluation(
             job, self.store, self.inference, self.metrics, self.baselines, self.settings,
-            on_progress=self.notify, stopping=self._stopping,
+            on_progress=self.notify, stopping=self._stopping, cancelled=cancelled,
         )
+        try:
+            self._evaluate(job, evaluation)
+        finally:
+            with self._cancel_lock:
+                self._cancel_events.pop(job.job_id, None)
+        self.notify()
+
+    def _evaluate(self, job: Job, evaluation: Evaluation) -> None:
         try:
             result = evaluation.run()
         except Interrupted:
             log.info("job interrupted by shutdown", extra={"job_id": job.job_id})
-            return
+        except Cancelled:
+            log.info("job cancelled", extra={"job_id": job.job_id})
         except PirmError as error:
             self._fail(job, str(error))
         except Exception as error:  # noqa: BLE001 - a job fails, the runner survives
             log.exception("job crashed", extra={"job_id": job.job_id})
             self._fail(job, f"internal error: {error!r}")
         else:
-            self.store.finish(job.job_id, JobState.SUCCEEDED, result=result)
-            log.info("job succeeded", extra={"job_id": job.job_id, "psnr": result.psnr,
-                                             "msssim": result.msssim})
-        self.notify()
+            if self.store.finish(job.job_id, JobState.SUCCEEDED, result=result):
+                log.info("job succeeded", extra={"job_id": job.job_id, "psnr": result.psnr,
+                                                 "msssim": result.msssim})
 
     def _fail(self, job: Job, error: str) -> None:
         log.info("job failed", extra={"job_id": job.job_id, "error": error})

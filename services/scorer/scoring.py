@@ -67,6 +67,10 @@ class Scores:
     score_c: float
 
 
+# The scores of a final-phase result whose MOS is not known yet (set later by SetMos).
+UNSCORED = Scores(score_a=math.nan, score_b=math.nan, score_c=math.nan)
+
+
 @dataclass(frozen=True)
 class ScoreInputs:
     track: Track

@@ -20,13 +20,13 @@ from services.common.server import (
     create_server as create_grpc_server,
 )
 from services.inference.timing import TimingOptions
-from services.scorer.clients import InferenceClient, MetricsClient
+from services.scorer.clients import InferencePool, MetricsPool
 from services.scorer.evaluation import EvaluationSettings
 from services.scorer.runner import JobRunner
 from services.scorer.samples import baseline_graph
 from services.scorer.scoring import KAPPA, Track
 from services.scorer.servicer import ScorerServicer
-from services.scorer.store import JobStore
+from services.scorer.store import JobStore, QueueLimits
 
 SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class ScorerConfig:
     timing: TimingOptions = field(default_factory=TimingOptions)
     baseline_max_age_s: float = 3600.0
     concurrency: int = 1
+    metrics_in_flight: int = 2
+    limits: QueueLimits = field(default_factory=QueueLimits)
     timing_mode: str = "interleaved"
     kappa: float = KAPPA
     mos_ref: dict[Track, float] = field(default_factory=dict)
@@ -51,8 +53,8 @@ class ScorerConfig:
 
 def create_server(address: str, config: ScorerConfig, workers: int = 16) -> RunningServer:
     store = JobStore(config.store)
-    inference = InferenceClient(config.inference, config.max_message_mb)
-    metrics = MetricsClient(config.metrics, config.max_message_mb)
+    inference = InferencePool(config.inference, config.max_message_mb)
+    metrics = MetricsPool(config.metrics, config.max_message_mb)
     baselines = {}
     for track in Track:
         graph, origin = baseline_graph(track, config.baselines.get(track), config.state_dir)
@@ -65,9 +67,10 @@ def create_server(address: str, config: ScorerConfig, workers: int = 16) -> Runn
         timing_mode=config.timing_mode,
         kappa=config.kappa,
         mos_ref=config.mos_ref,
+        metrics_in_flight=config.metrics_in_flight,
     )
     runner = JobRunner(store, inference, metrics, settings, config.concurrency)
-    servicer = ScorerServicer(store, runner, inference, config.max_model_bytes)
+    servicer = ScorerServicer(store, runner, inference, config.max_model_bytes, config.limits)
     binding = ServiceBinding(SERVICE_NAME, scorer_pb2_grpc.add_ScorerServiceServicer_to_server,
                              servicer)
     running = create_grpc_server(address, [binding], config.max_message_mb, workers)
@@ -82,9 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     add_server_flags(parser, "scorer")
     env = env_default
     parser.add_argument("--inference", default=env("PIRM_INFERENCE_TARGET", "127.0.0.1:50051"),
-                        help="inference service host:port (env PIRM_INFERENCE_TARGET)")
+                        help="inference endpoints, host:port[,host:port...]; dns:///name:port "
+                             "means every address of the name, e.g. a headless Service "
+                             "(env PIRM_INFERENCE_TARGET)")
     parser.add_argument("--metrics", default=env("PIRM_METRICS_TARGET", "127.0.0.1:50052"),
-                        help="metrics service host:port (env PIRM_METRICS_TARGET)")
+                        help="metrics endpoints, as --inference (env PIRM_METRICS_TARGET)")
     parser.add_argument("--store", type=Path,
                         default=env("PIRM_STORE", Path("var/scorer.db"), Path),
                         help="SQLite file of jobs and results (env PIRM_STORE)")
@@ -117,6 +122,18 @@ def main(argv: list[str] | None = None) -> None:
                              "PIRM_BASELINE_MAX_AGE_S)")
     parser.add_argument("--concurrency", type=int, default=env("PIRM_JOB_CONCURRENCY", 1, int),
                         help="jobs evaluated at once (env PIRM_JOB_CONCURRENCY)")
+    parser.add_argument("--metrics-in-flight", type=int,
+                        default=env("PIRM_METRICS_IN_FLIGHT", 2, int),
+                        help="metric calls in flight per metrics endpoint (env "
+                             "PIRM_METRICS_IN_FLIGHT)")
+    limits = QueueLimits()
+    parser.add_argument("--max-queued-jobs", type=int,
+                        default=env("PIRM_MAX_QUEUED_JOBS", limits.max_queued, int),
+                        help="jobs waiting, all teams together, beyond which submissions get "
+                             "RESOURCE_EXHAUSTED (env PIRM_MAX_QUEUED_JOBS)")
+    parser.add_argument("--max-jobs-per-team", type=int,
+                        default=env("PIRM_MAX_JOBS_PER_TEAM", limits.max_active_per_team, int),
+                        help="queued + running jobs of one team (env PIRM_MAX_JOBS_PER_TEAM)")
     parser.add_argument("--kappa", type=float, default=env("PIRM_KAPPA", KAPPA, float))
     parser.add_argument("--mos-ref-a", type=float, default=env("PIRM_MOS_REF_A", None, float))
     parser.add_argument("--mos-ref-b", type=float, default=env("PIRM_MOS_REF_B", None, float))
@@ -134,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
         baseline_max_age_s=args.baseline_max_age_s,
         timing_mode=args.timing_mode,
         concurrency=args.concurrency,
+        metrics_in_flight=args.metrics_in_flight,
+        limits=QueueLimits(max_queued=args.max_queued_jobs,
+                           max_active_per_team=args.max_jobs_per_team),
         kappa=args.kappa,
         mos_ref={t: v for t, v in ((Track.A, args.mos_ref_a), (Track.B, args.mos_ref_b))
                  if v is not None},

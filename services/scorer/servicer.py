@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 from pirm.v1 import scorer_pb2, scorer_pb2_grpc
 
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.limits import check_model_size
-from services.scorer.evaluation import InferenceBackend
-from services.scorer.jobs import JobSpec
+from services.scorer.evaluation import InferenceBackend, rescored
+from services.scorer.jobs import JobSpec, JobState
 from services.scorer.leaderboard import leaderboard
 from services.scorer.protocol import quality_items, timing_image_path
 from services.scorer.runner import JobRunner
 from services.scorer.scoring import TRACKS as TRACK_CONSTANTS
 from services.scorer.scoring import Phase
-from services.scorer.store import JobStore
+from services.scorer.store import JobStore, QueueLimits
 from services.scorer.wire import (
+    ENTRY_POLICIES,
+    ENTRY_POLICY_MESSAGES,
     PHASE_MESSAGES,
     PHASES,
     RANK_BY,
     TRACKS,
     job_message,
-    scores_message,
+    leaderboard_entry_message,
     track_of,
 )
 
@@ -33,21 +36,41 @@ from services.scorer.wire import (
 class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     def __init__(
         self, store: JobStore, runner: JobRunner, inference: InferenceBackend,
-        max_model_bytes: int,
+        max_model_bytes: int, limits: QueueLimits | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
         self.inference = inference
         self.max_model_bytes = max_model_bytes
+        self.limits = limits or QueueLimits()
 
     def SubmitJob(
         self, request: scorer_pb2.SubmitJobRequest, context: grpc.ServicerContext
     ) -> scorer_pb2.Job:
         spec, model = self._job_spec(request)
         self._validate_model(spec, model)
-        job, _ = self.store.create_job(spec, model)
+        job, _ = self.store.create_job(spec, model, self.limits)
         self.runner.notify()
         return job_message(job)
+
+    def CancelJob(self, request: scorer_pb2.CancelJobRequest, context: grpc.ServicerContext
+                  ) -> scorer_pb2.Job:
+        return job_message(self.runner.cancel(request.job_id))
+
+    def SetMos(self, request: scorer_pb2.SetMosRequest, context: grpc.ServicerContext
+               ) -> scorer_pb2.Job:
+        job = self.store.get_job(request.job_id)
+        if job.spec.phase is not Phase.FINAL:
+            raise FailedPrecondition(
+                f"job {job.job_id} is a validation-phase job: its scores use MS-SSIM, not MOS")
+        if job.state is not JobState.SUCCEEDED or job.result is None:
+            raise FailedPrecondition(
+                f"job {job.job_id} is {job.state.value}: set its MOS once it has succeeded")
+        _check_mos(request.mos)
+        result = rescored(job.result, job.spec, request.mos, self.runner.settings)
+        updated = self.store.rescore(job.job_id, request.mos, result)
+        self.runner.notify()
+        return job_message(updated)
 
     def GetJob(self, request: scorer_pb2.GetJobRequest, context: grpc.ServicerContext
                ) -> scorer_pb2.Job:
@@ -81,21 +104,14 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         track = track_of(request.track)
         phase = PHASES[request.phase]
         by = RANK_BY[request.by]
-        entries = leaderboard(self.store.list_jobs(track=track), track, phase, by)
+        policy = ENTRY_POLICIES[request.policy]
+        entries = leaderboard(self.store.list_jobs(track=track), track, phase, by, policy)
         return scorer_pb2.LeaderboardResponse(
             track=request.track,
             by=request.by or scorer_pb2.RANK_BY_SCORE_A,
             phase=PHASE_MESSAGES[phase],
-            entries=[
-                scorer_pb2.LeaderboardEntry(
-                    rank=e.rank, team=e.team, model_name=e.job.spec.model_name,
-                    job_id=e.job.job_id, psnr=e.result.psnr, msssim=e.result.msssim,
-                    mos=e.result.mos, runtime_ms=e.result.runtime.timing.median_ms,
-                    baseline_runtime_ms=e.result.baseline_runtime.timing.median_ms,
-                    scores=scores_message(e.result.scores),
-                )
-                for e in entries
-            ],
+            policy=ENTRY_POLICY_MESSAGES[policy],
+            entries=[leaderboard_entry_message(entry) for entry in entries],
         )
 
     def _job_spec(self, request: scorer_pb2.SubmitJobRequest) -> tuple[JobSpec, bytes | None]:
@@ -104,14 +120,17 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         if phase is None:
             raise InvalidArgument("phase must be validation or final")
         mos = request.mos if request.HasField("mos") else None
-        if phase is Phase.FINAL:
-            if mos is None:
-                raise InvalidArgument("a final-phase job needs the model's MOS (mos)")
-            if TRACK_CONSTANTS[track].mos_ref is None and track not in self.runner.settings.mos_ref:
-                raise InvalidArgument(
-                    f"track {track.value} has no published baseline MOS: start the scorer with "
-                    f"--mos-ref-{track.value.lower()} to score its final phase"
-                )
+        if mos is not None:
+            _check_mos(mos)
+        # A final-phase job without a MOS is evaluated and waits, unranked, for SetMos; either
+        # way its track needs a baseline MOS to be scored.
+        mos_ref_known = (TRACK_CONSTANTS[track].mos_ref is not None
+                         or track in self.runner.settings.mos_ref)
+        if phase is Phase.FINAL and not mos_ref_known:
+            raise InvalidArgument(
+                f"track {track.value} has no published baseline MOS: start the scorer with "
+                f"--mos-ref-{track.value.lower()} to score its final phase"
+            )
         if not request.dataset:
             raise InvalidArgument("give the dataset folder (challenge layout) to evaluate on")
         dataset = Path(request.dataset)
@@ -146,3 +165,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             )
         except Unavailable:
             return
+
+
+def _check_mos(mos: float) -> None:
+    if not (math.isfinite(mos) and mos >= 0.0):
+        raise InvalidArgument(f"a MOS is a mean of opinion scores (finite, >= 0), got {mos}")

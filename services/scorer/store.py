@@ -12,9 +12,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.errors import NotFound
+from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted
 from services.scorer.jobs import Job, JobResult, JobSpec, JobState
 from services.scorer.scoring import Phase, Track
 
@@ -59,6 +60,15 @@ CREATE TABLE IF NOT EXISTS image_results (
 """
 
 
+@dataclass(frozen=True)
+class QueueLimits:
+    """Admission limits: beyond them a submission is refused with a retry hint."""
+
+    max_queued: int = 1000  # jobs waiting, all teams together
+    max_active_per_team: int = 20  # queued + running jobs of one team
+    retry_after_s: float = 60.0
+
+
 class JobStore:
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":
@@ -101,10 +111,10 @@ class JobStore:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def create_job(self, spec: JobSpec, model: bytes | None) -> tuple[Job, bool]:
-        """Stores a new job (and its model), or returns the job of the same request id.
-
-        Returns (job, created)."""
+    def create_job(self, spec: JobSpec, model: bytes | None,
+                   limits: QueueLimits | None = None) -> tuple[Job, bool]:
+        """Stores a new job (and its model), or returns the job of the same request id (even
+        beyond the limits: it is not a new job). Returns (job, created)."""
         with self._transaction() as db:
             if spec.request_id:
                 row = db.execute(
@@ -113,6 +123,8 @@ class JobStore:
                 ).fetchone()
                 if row is not None:
                     return _job(row), False
+            if limits is not None:
+                _admit(db, spec.team, limits)
             if model is not None:
                 db.execute(
                     "INSERT OR IGNORE INTO models (sha256, data) VALUES (?, ?)",
@@ -174,6 +186,29 @@ class JobStore:
             )
             return cursor.rowcount
 
+    def cancel(self, job_id: str) -> Job:
+        """A queued or running job becomes CANCELLED (its runner notices and stops); a finished
+        job is returned as it is."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, finished = ?, stage = '' "
+                "WHERE job_id = ? AND state IN (?, ?)",
+                (JobState.CANCELLED.value, time.time(), job_id, JobState.QUEUED.value,
+                 JobState.RUNNING.value),
+            )
+        return self.get_job(job_id)
+
+    def rescore(self, job_id: str, mos: float, result: JobResult) -> Job:
+        """Records a MOS set after the job finished, with the result scored again."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET mos = ?, result = ? WHERE job_id = ? AND state = ?",
+                (mos, result.to_json(), job_id, JobState.SUCCEEDED.value),
+            )
+            if cursor.rowcount != 1:
+                raise FailedPrecondition(f"job {job_id} has not succeeded: no result to rescore")
+        return self.get_job(job_id)
+
     def set_progress(self, job_id: str, done: int, total: int, stage: str) -> None:
         with self._transaction() as db:
             db.execute(
@@ -183,14 +218,17 @@ class JobStore:
 
     def finish(
         self, job_id: str, state: JobState, result: JobResult | None = None, error: str = ""
-    ) -> None:
+    ) -> bool:
+        """A running job's final state; False if it was no longer running (cancelled
+        meanwhile), in which case nothing changes."""
         with self._transaction() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE jobs SET state = ?, result = ?, error = ?, finished = ?, stage = ? "
-                "WHERE job_id = ?",
+                "WHERE job_id = ? AND state = ?",
                 (state.value, result.to_json() if result else None, error, time.time(), "",
-                 job_id),
+                 job_id, JobState.RUNNING.value),
             )
+            return cursor.rowcount == 1
 
     # -- per-image results ---------------------------------------------------------------
 
@@ -208,6 +246,24 @@ class JobStore:
                 "SELECT image, psnr, msssim FROM image_results WHERE job_id = ?", (job_id,)
             ).fetchall()
         return {row["image"]: (row["psnr"], row["msssim"]) for row in rows}
+
+
+def _admit(db: sqlite3.Connection, team: str, limits: QueueLimits) -> None:
+    queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?",
+                        (JobState.QUEUED.value,)).fetchone()[0]
+    if queued >= limits.max_queued:
+        raise ResourceExhausted(
+            f"the queue is full ({queued} jobs waiting, limit {limits.max_queued}); "
+            f"retry in {limits.retry_after_s:.0f} s", limits.retry_after_s)
+    active = db.execute(
+        "SELECT COUNT(*) FROM jobs WHERE team = ? AND state IN (?, ?)",
+        (team, JobState.QUEUED.value, JobState.RUNNING.value),
+    ).fetchone()[0]
+    if active >= limits.max_active_per_team:
+        raise ResourceExhausted(
+            f"team {team!r} has {active} jobs queued or running (limit "
+            f"{limits.max_active_per_team}); retry when one has finished, in about "
+            f"{limits.retry_after_s:.0f} s", limits.retry_after_s)
 
 
 def _job(row: sqlite3.Row) -> Job:

@@ -8,6 +8,7 @@ from pirm.v1 import common_pb2, scorer_pb2
 from services.common.errors import InvalidArgument
 from services.common.messages import timing_to_proto
 from services.scorer.jobs import Job, JobState
+from services.scorer.leaderboard import Entry, EntryPolicy
 from services.scorer.scoring import Phase, Scores, Track
 
 TRACKS: dict[common_pb2.Track.ValueType, Track] = {
@@ -25,6 +26,13 @@ RANK_BY = {scorer_pb2.RANK_BY_UNSPECIFIED: "a", scorer_pb2.RANK_BY_SCORE_A: "a",
            scorer_pb2.RANK_BY_SCORE_B: "b", scorer_pb2.RANK_BY_SCORE_C: "c"}
 RANK_BY_MESSAGES = {"a": scorer_pb2.RANK_BY_SCORE_A, "b": scorer_pb2.RANK_BY_SCORE_B,
                     "c": scorer_pb2.RANK_BY_SCORE_C}
+ENTRY_POLICIES = {
+    scorer_pb2.ENTRY_POLICY_UNSPECIFIED: EntryPolicy.BEST,
+    scorer_pb2.ENTRY_POLICY_BEST: EntryPolicy.BEST,
+    scorer_pb2.ENTRY_POLICY_LATEST: EntryPolicy.LATEST,
+}
+ENTRY_POLICY_MESSAGES = {EntryPolicy.BEST: scorer_pb2.ENTRY_POLICY_BEST,
+                         EntryPolicy.LATEST: scorer_pb2.ENTRY_POLICY_LATEST}
 STATES = {state: scorer_pb2.JobState.Value(f"JOB_STATE_{state.value}") for state in JobState}
 
 
@@ -86,5 +94,18 @@ def job_message(job: Job) -> scorer_pb2.Job:
             speed_ratio_ci95_low=r.speed_ratio_ci95[0],
             speed_ratio_ci95_high=r.speed_ratio_ci95[1],
             timing_mode=r.timing_mode,
+            stage_seconds=r.stage_seconds,
         ))
     return message
+
+
+def leaderboard_entry_message(entry: Entry) -> scorer_pb2.LeaderboardEntry:
+    result = entry.result
+    return scorer_pb2.LeaderboardEntry(
+        rank=entry.rank, team=entry.team, model_name=entry.job.spec.model_name,
+        job_id=entry.job.job_id, psnr=result.psnr, msssim=result.msssim, mos=result.mos,
+        runtime_ms=result.runtime.timing.median_ms,
+        baseline_runtime_ms=result.baseline_runtime.timing.median_ms,
+        scores=scores_message(result.scores), device=result.runtime.device,
+        peak_memory_mb=result.runtime.peak_memory_mb,
+    )

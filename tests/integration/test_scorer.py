@@ -159,7 +159,8 @@ def test_bad_submissions_get_clear_statuses(
     no_input = graph_bytes(lambda tf, x: None)  # has "input" but no "output" node
     refused(grpc.StatusCode.INVALID_ARGUMENT, "'output:0'", **{**ok, "graph_def": no_input})
     refused(grpc.StatusCode.INVALID_ARGUMENT, "track A", **{**ok, "track": 0})
-    refused(grpc.StatusCode.INVALID_ARGUMENT, "MOS", **{**ok, "phase": common_pb2.PHASE_FINAL})
+    refused(grpc.StatusCode.INVALID_ARGUMENT, "MOS",
+            **{**ok, "phase": common_pb2.PHASE_FINAL, "mos": float("nan")})
     # Track A's baseline MOS was not published: its final phase needs one configured.
     samples_a = make_sample_dataset(dataset.parent, Track.A)
     refused(grpc.StatusCode.INVALID_ARGUMENT, "--mos-ref-a", **{

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -11,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import NotFound
+from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted
 from services.inference.timing import DeviceTiming, Timing
 from services.scorer.jobs import Job, JobResult, JobSpec, JobState
-from services.scorer.leaderboard import Entry, leaderboard
+from services.scorer.leaderboard import Entry, EntryPolicy, leaderboard
 from services.scorer.scoring import Phase, ScoreConstants, Scores, Track
-from services.scorer.store import JobStore
+from services.scorer.store import JobStore, QueueLimits
 
 MODEL_1 = b"\x0a\x05input" + bytes(range(256)) * 4
 MODEL_2 = b"\x0a\x06output" + bytes(reversed(range(256))) * 3
@@ -241,10 +242,11 @@ def test_finish_round_trips_result(store: JobStore, db_path: Path) -> None:
 
 def test_finish_with_mos_and_error(store: JobStore) -> None:
     ok = create(store, spec(phase=Phase.FINAL, mos=3.5))
+    bad = create(store, spec())
+    store.next_queued(), store.next_queued()
     result = make_result(1.0, 2.0, 3.0, mos=3.5)
     store.finish(ok.job_id, JobState.SUCCEEDED, result)
     assert store.get_job(ok.job_id).result == result
-    bad = create(store, spec())
     store.finish(bad.job_id, JobState.FAILED, error="no node 'input'")
     got = store.get_job(bad.job_id)
     assert got.state is JobState.FAILED
@@ -364,9 +366,83 @@ def test_leaderboard_from_store(store: JobStore) -> None:
     results = {"a": (3.0, 1.0, 1.0), "b": (4.0, 1.0, 1.0), "c": (2.0, 9.0, 1.0)}
     for team, scores in results.items():
         job = create(store, spec(team=team))
+        store.next_queued()
         store.finish(job.job_id, JobState.SUCCEEDED, make_result(*scores))
     create(store, spec(team="queued"))
     board = leaderboard(store.list_jobs(), Track.A, Phase.VALIDATION, "a")
     assert [(e.rank, e.team) for e in board] == [(1, "b"), (2, "a"), (3, "c")]
     board = leaderboard(store.list_jobs(), Track.A, Phase.VALIDATION, "b")
     assert [e.team for e in board][0] == "c"
+
+
+# --------------------------------------------------------------------------------------------
+# cancel, rescore, admission limits, entry policy
+# --------------------------------------------------------------------------------------------
+
+
+def test_cancel_queued_and_running_but_not_finished(store: JobStore) -> None:
+    create(store, spec(team="a"))
+    running = create(store, spec(team="b"))
+    done = create(store, spec(team="c"))
+    for _ in range(3):
+        store.next_queued()
+    store.finish(done.job_id, JobState.SUCCEEDED, make_result(1.0, 1.0, 1.0))
+    assert store.cancel(running.job_id).state is JobState.CANCELLED
+    assert store.cancel(done.job_id).state is JobState.SUCCEEDED
+    fresh = create(store, spec(team="d"))
+    cancelled = store.cancel(fresh.job_id)
+    assert cancelled.state is JobState.CANCELLED and cancelled.finished is not None
+    assert store.next_queued() is None  # a cancelled job is never claimed
+    # The runner's late result for a cancelled job is dropped, not stored over the cancel.
+    assert store.finish(running.job_id, JobState.SUCCEEDED, make_result(9.0, 9.0, 9.0)) is False
+    assert store.get_job(running.job_id).state is JobState.CANCELLED
+    assert store.get_job(running.job_id).result is None
+    assert store.requeue_running() == 1  # only job a was still running
+
+
+def test_rescore_needs_a_succeeded_job(store: JobStore) -> None:
+    job = create(store, spec(phase=Phase.FINAL))
+    with pytest.raises(FailedPrecondition):
+        store.rescore(job.job_id, 3.0, make_result(1.0, 2.0, 3.0, mos=3.0))
+    store.next_queued()
+    store.finish(job.job_id, JobState.SUCCEEDED, make_result(math.nan, math.nan, math.nan))
+    assert store.get_job(job.job_id).result.awaiting_mos  # type: ignore[union-attr]
+    updated = store.rescore(job.job_id, 3.0, make_result(1.0, 2.0, 3.0, mos=3.0))
+    assert updated.spec.mos == 3.0
+    assert updated.result == make_result(1.0, 2.0, 3.0, mos=3.0)
+
+
+def test_admission_limits(store: JobStore) -> None:
+    limits = QueueLimits(max_queued=3, max_active_per_team=2, retry_after_s=30.0)
+    store.create_job(spec(team="a", request_id="1"), MODEL_1, limits)
+    store.create_job(spec(team="a", request_id="2"), MODEL_1, limits)
+    with pytest.raises(ResourceExhausted, match="team 'a' has 2 jobs") as refused:
+        store.create_job(spec(team="a", request_id="3"), MODEL_1, limits)
+    assert refused.value.metadata() == (("retry-after-s", "30"),)
+    # A retried submission returns its job even at the limit: it is not a new job.
+    again, created = store.create_job(spec(team="a", request_id="2"), MODEL_1, limits)
+    assert not created and again.spec.request_id == "2"
+    store.create_job(spec(team="b"), MODEL_1, limits)
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        store.create_job(spec(team="c"), MODEL_1, limits)
+    store.next_queued()  # a running job of team a still counts for the team, not the queue
+    with pytest.raises(ResourceExhausted, match="team 'a'"):
+        store.create_job(spec(team="a"), MODEL_1, limits)
+    store.create_job(spec(team="c"), MODEL_1, limits)
+    assert len(store.list_jobs()) == 4
+
+
+def test_leaderboard_latest_policy_and_unscored_final_jobs(store: JobStore) -> None:
+    for team, scores in (("a", (5.0, 1.0, 1.0)), ("a", (2.0, 1.0, 1.0)), ("b", (3.0, 1.0, 1.0))):
+        job = create(store, spec(team=team))
+        store.next_queued()
+        store.finish(job.job_id, JobState.SUCCEEDED, make_result(*scores))
+        time.sleep(0.002)
+    waiting = create(store, spec(team="c", phase=Phase.FINAL))
+    store.next_queued()
+    store.finish(waiting.job_id, JobState.SUCCEEDED, make_result(math.nan, math.nan, math.nan))
+    best = leaderboard(store.list_jobs(), Track.A, Phase.VALIDATION, "a", EntryPolicy.BEST)
+    assert [(e.team, e.result.scores.score_a) for e in best] == [("a", 5.0), ("b", 3.0)]
+    latest = leaderboard(store.list_jobs(), Track.A, Phase.VALIDATION, "a", EntryPolicy.LATEST)
+    assert [(e.team, e.result.scores.score_a) for e in latest] == [("b", 3.0), ("a", 2.0)]
+    assert leaderboard(store.list_jobs(), Track.A, Phase.FINAL, "a") == []

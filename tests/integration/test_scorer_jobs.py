@@ -1,0 +1,199 @@
+"""The scorer's job lifecycle against real servers: cancellation, MOS set after the fact,
+admission limits with a retry hint, and several inference / metrics endpoints (round-robin,
+a dead one skipped)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from inference import open_inference_pb2 as oip
+from inference import open_inference_pb2_grpc as oip_grpc
+from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
+
+from services.cli.cluster import free_port
+from services.common.server import RunningServer, open_channel
+from services.inference.server import create_server as create_inference
+from services.metrics.server import create_server as create_metrics
+from services.scorer.samples import make_sample_dataset, srcnn_graph_def
+from services.scorer.scoring import Track
+from services.scorer.server import ScorerConfig
+from services.scorer.server import create_server as create_scorer
+from services.scorer.store import QueueLimits
+from tests.integration.conftest import TEST_TIMING, Cluster
+from tests.integration.helpers import graph_bytes, wait_job
+
+Stub = scorer_pb2_grpc.ScorerServiceStub
+KAPPA, MOS_REF_B = 0.0719, 2.295  # SPEC.md section 3
+
+
+def slow_graph() -> bytes:
+    """A model that takes a good fraction of a second per 100x100 patch: 64-channel 3x3
+    convolutions, output of the input's shape."""
+    import numpy as np
+
+    def build(tf: object, x: object) -> None:
+        rng = np.random.default_rng(0)
+        y = x
+        channels = [3, 64, 64, 64, 64, 64, 64, 3]
+        for c_in, c_out in zip(channels, channels[1:], strict=False):
+            w = (rng.standard_normal((3, 3, c_in, c_out)) * 0.05).astype(np.float32)
+            y = tf.nn.conv2d(y, tf.constant(w), strides=1, padding="SAME")  # type: ignore[attr-defined]
+        tf.identity(y, name="output")  # type: ignore[attr-defined]
+
+    return graph_bytes(build)
+
+
+def submit(stub: Stub, dataset: Path, model: bytes, **fields: object) -> scorer_pb2.Job:
+    return stub.SubmitJob(scorer_pb2.SubmitJobRequest(
+        track=common_pb2.TRACK_B, graph_def=model, dataset=str(dataset), **fields), timeout=60)
+
+
+def wait_until(stub: Stub, job_id: str, done: object) -> scorer_pb2.Job:
+    """The first update of the job for which done(job) holds (or its final state)."""
+    for job in stub.WatchJob(scorer_pb2.GetJobRequest(job_id=job_id), timeout=300):
+        if done(job):
+            return job
+    return stub.GetJob(scorer_pb2.GetJobRequest(job_id=job_id), timeout=10)
+
+
+@pytest.fixture(scope="module")
+def patches(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sample_dataset(tmp_path_factory.mktemp("patches"), Track.B, patches_per_photo=2)
+
+
+def test_cancel_queued_and_running_jobs(cluster: Cluster, scorer_stub: Stub,
+                                        patches: Path) -> None:
+    slow = slow_graph()
+    running = submit(scorer_stub, patches, slow, team="cancel", model_name="slow")
+    queued = submit(scorer_stub, patches, srcnn_graph_def(), team="cancel", model_name="next")
+    # The scorer runs one job at a time: the second waits while the first runs.
+    job = wait_until(scorer_stub, running.job_id,
+                     lambda j: j.state == scorer_pb2.JOB_STATE_RUNNING
+                     and j.progress.images_done >= 1)
+    assert job.state == scorer_pb2.JOB_STATE_RUNNING, job
+    cancelled = scorer_stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=queued.job_id))
+    assert cancelled.state == scorer_pb2.JOB_STATE_CANCELLED
+    assert not cancelled.HasField("started")  # never ran
+    cancelled = scorer_stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=running.job_id))
+    assert cancelled.state == scorer_pb2.JOB_STATE_CANCELLED
+    final = wait_job(scorer_stub, running.job_id)
+    assert final.state == scorer_pb2.JOB_STATE_CANCELLED and not final.HasField("result")
+    assert final.progress.images_done < final.progress.images_total
+    # The runner is free again, and cancelling a finished job changes nothing.
+    after = wait_job(scorer_stub, submit(scorer_stub, patches, srcnn_graph_def(),
+                                         team="cancel", model_name="after").job_id)
+    assert after.state == scorer_pb2.JOB_STATE_SUCCEEDED, after.error
+    again = scorer_stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=after.job_id))
+    assert again.state == scorer_pb2.JOB_STATE_SUCCEEDED
+    assert scorer_stub.GetJob(scorer_pb2.GetJobRequest(job_id=running.job_id)).state == \
+        scorer_pb2.JOB_STATE_CANCELLED
+
+
+def test_final_phase_job_waits_for_its_mos(cluster: Cluster, scorer_stub: Stub,
+                                           patches: Path) -> None:
+    job = wait_job(scorer_stub, submit(scorer_stub, patches, srcnn_graph_def(), team="mos-later",
+                                       phase=common_pb2.PHASE_FINAL).job_id)
+    assert job.state == scorer_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert not job.result.HasField("mos") and job.result.scores.score_a != job.result.scores.score_a
+
+    def board_teams() -> list[str]:
+        board = scorer_stub.Leaderboard(scorer_pb2.LeaderboardRequest(
+            track=common_pb2.TRACK_B, phase=common_pb2.PHASE_FINAL))
+        return [entry.team for entry in board.entries]
+
+    assert "mos-later" not in board_teams()
+    scored = scorer_stub.SetMos(scorer_pb2.SetMosRequest(job_id=job.job_id, mos=2.8))
+    r = scored.result
+    assert r.mos == 2.8
+    speed = min(4.0, r.baseline_runtime.median_ms / r.runtime.median_ms)
+    perceptual = KAPPA * (2.8 - MOS_REF_B)
+    assert r.scores.score_a == pytest.approx(4 * (r.psnr - 21.0) + 100 * perceptual + 2 * speed)
+    assert r.scores.score_c == pytest.approx(2 * (r.psnr - 21.0) + 200 * perceptual + 2.9 * speed)
+    assert "mos-later" in board_teams()
+    # MOS only means something for a finished final-phase job.
+    unfinished = submit(scorer_stub, patches, srcnn_graph_def(), team="mos-later",
+                        phase=common_pb2.PHASE_FINAL)
+    scorer_stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=unfinished.job_id))
+    validation = submit(scorer_stub, patches, srcnn_graph_def(), team="mos-later")
+    scorer_stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=validation.job_id))
+    for job_id, mos, code, text in (
+        (unfinished.job_id, 3.0, grpc.StatusCode.FAILED_PRECONDITION, "CANCELLED"),
+        (validation.job_id, 3.0, grpc.StatusCode.FAILED_PRECONDITION, "validation-phase"),
+        (job.job_id, -1.0, grpc.StatusCode.INVALID_ARGUMENT, "MOS"),
+        ("no-such-job", 3.0, grpc.StatusCode.NOT_FOUND, "no-such-job"),
+    ):
+        with pytest.raises(grpc.RpcError) as error:
+            scorer_stub.SetMos(scorer_pb2.SetMosRequest(job_id=job_id, mos=mos))
+        assert error.value.code() == code and text in error.value.details()
+
+
+@dataclass
+class Pooled:
+    """A scorer over two inference endpoints and three metrics endpoints, one of them dead,
+    with tight admission limits."""
+
+    scorer: RunningServer
+    stub: Stub
+    inference_targets: list[str]
+
+
+@pytest.fixture(scope="module")
+def pooled(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pooled]:
+    second_inference = create_inference("127.0.0.1:0")
+    second_metrics = create_metrics("127.0.0.1:0")
+    inference_targets = [cluster.target(cluster.inference), f"127.0.0.1:{second_inference.port}"]
+    dead_metrics = f"127.0.0.1:{free_port()}"
+    state = tmp_path_factory.mktemp("pooled")
+    config = ScorerConfig(
+        inference=",".join(inference_targets),
+        metrics=f"{dead_metrics},{cluster.target(cluster.metrics)},"
+                f"127.0.0.1:{second_metrics.port}",
+        store=state / "scorer.db", state_dir=state, timing=TEST_TIMING,
+        limits=QueueLimits(max_queued=10, max_active_per_team=1, retry_after_s=7),
+    )
+    scorer = create_scorer("127.0.0.1:0", config)
+    channel = open_channel(f"127.0.0.1:{scorer.port}", 64)
+    yield Pooled(scorer, scorer_pb2_grpc.ScorerServiceStub(channel), inference_targets)
+    channel.close()
+    for running in (scorer, second_metrics, second_inference):
+        running.stop(grace=1.0)
+
+
+def inferences_of(target: str, model: str) -> int:
+    with open_channel(target, 64) as channel:
+        stats = oip_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+            oip.ModelStatisticsRequest(name=model), timeout=10)
+    return sum(s.inference_count for s in stats.model_stats)
+
+
+def test_several_endpoints_share_a_job(pooled: Pooled, patches: Path) -> None:
+    model = srcnn_graph_def(seed=7)
+    job = wait_job(pooled.stub, submit(pooled.stub, patches, model, team="pool").job_id)
+    assert job.state == scorer_pb2.JOB_STATE_SUCCEEDED, job.error
+    name = f"sha256-{job.model_sha256[:16]}"
+    counts = [inferences_of(target, name) for target in pooled.inference_targets]
+    assert all(count > 0 for count in counts), counts  # round-robin reached both
+    assert sum(counts) >= job.result.images
+    assert set(job.result.stage_seconds) >= {"prepare", "inference", "metrics", "store",
+                                             "quality_wall", "timing_wall"}
+
+
+def test_admission_limit_per_team_with_retry_hint(pooled: Pooled, patches: Path) -> None:
+    first = submit(pooled.stub, patches, slow_graph(), team="limited")
+    with pytest.raises(grpc.RpcError) as refused:
+        submit(pooled.stub, patches, srcnn_graph_def(), team="limited")
+    error = refused.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limit 1" in error.details() and "retry" in error.details()
+    assert ("retry-after-s", "7") in tuple(error.trailing_metadata())
+    other = submit(pooled.stub, patches, srcnn_graph_def(), team="someone-else")
+    assert other.state == scorer_pb2.JOB_STATE_QUEUED
+    pooled.stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=first.job_id))
+    admitted = submit(pooled.stub, patches, srcnn_graph_def(), team="limited")
+    assert admitted.state == scorer_pb2.JOB_STATE_QUEUED
+    for job_id in (other.job_id, admitted.job_id):
+        pooled.stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=job_id))
