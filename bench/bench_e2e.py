@@ -118,7 +118,10 @@ def run_loop(dataset: Path, model: Path) -> LoopRun:
         tf.compat.v1.import_graph_def(graph_def, name="")
     inference_s = metrics_s = 0.0
     psnrs, msssims = [], []
-    with tf.compat.v1.Session(graph=graph) as session:
+    # Not a `with` block: inside one, the session's graph would be the default and the
+    # metrics would build graph ops instead of running eagerly as in bench-metrics.
+    session = tf.compat.v1.Session(graph=graph)
+    try:
         for path in sorted((dataset / "original").glob("*.png")):
             target = np.asarray(Image.open(path).convert("RGB"))
             h, w = target.shape[0] // SCALE * SCALE, target.shape[1] // SCALE * SCALE
@@ -136,6 +139,8 @@ def run_loop(dataset: Path, model: Path) -> LoopRun:
             metrics_s += time.perf_counter() - t1
         quality_s = time.perf_counter() - started
         runtime_ms = official_runtime_ms(session, dataset)
+    finally:
+        session.close()
     total = time.perf_counter() - started
     return LoopRun(total_s=total, quality_s=quality_s, inference_s=inference_s,
                    metrics_s=metrics_s, timing_s=total - quality_s, psnr=float(np.mean(psnrs)),

@@ -21,6 +21,25 @@ def graph_bytes(build: object) -> bytes:
     return bytes(graph.as_graph_def().SerializeToString())
 
 
+def slow_graph() -> bytes:
+    """A model that takes a good fraction of a second per 100x100 patch (64-channel 3x3
+    convolutions) and returns an image of its input's shape: jobs that stay RUNNING long
+    enough to be cancelled or interrupted."""
+    import numpy as np
+
+    def build(tf: object, x: object) -> None:
+        rng = np.random.default_rng(0)
+        y = x
+        channels = [3, 64, 64, 64, 64, 64, 64, 3]
+        for c_in, c_out in zip(channels, channels[1:], strict=False):
+            w = (rng.standard_normal((3, 3, c_in, c_out)) * 0.05).astype(np.float32)
+            y = tf.nn.conv2d(y, tf.constant(w), strides=1, padding="SAME")  # type: ignore[attr-defined]
+        # Nearly the input: quality figures stay well defined (no anti-correlated output).
+        tf.identity(x + 0.01 * tf.tanh(y), name="output")  # type: ignore[attr-defined]
+
+    return graph_bytes(build)
+
+
 def wait_job(stub: scorer_pb2_grpc.ScorerServiceStub, job_id: str,
              timeout_s: float = 600) -> scorer_pb2.Job:
     updates = list(stub.WatchJob(scorer_pb2.GetJobRequest(job_id=job_id), timeout=timeout_s))

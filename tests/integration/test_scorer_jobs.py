@@ -24,27 +24,10 @@ from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from services.scorer.store import QueueLimits
 from tests.integration.conftest import TEST_TIMING, Cluster
-from tests.integration.helpers import graph_bytes, wait_job
+from tests.integration.helpers import graph_bytes, slow_graph, wait_job
 
 Stub = scorer_pb2_grpc.ScorerServiceStub
 KAPPA, MOS_REF_B = 0.0719, 2.295  # SPEC.md section 3
-
-
-def slow_graph() -> bytes:
-    """A model that takes a good fraction of a second per 100x100 patch: 64-channel 3x3
-    convolutions, output of the input's shape."""
-    import numpy as np
-
-    def build(tf: object, x: object) -> None:
-        rng = np.random.default_rng(0)
-        y = x
-        channels = [3, 64, 64, 64, 64, 64, 64, 3]
-        for c_in, c_out in zip(channels, channels[1:], strict=False):
-            w = (rng.standard_normal((3, 3, c_in, c_out)) * 0.05).astype(np.float32)
-            y = tf.nn.conv2d(y, tf.constant(w), strides=1, padding="SAME")  # type: ignore[attr-defined]
-        tf.identity(y, name="output")  # type: ignore[attr-defined]
-
-    return graph_bytes(build)
 
 
 def submit(stub: Stub, dataset: Path, model: bytes, **fields: object) -> scorer_pb2.Job:
@@ -129,6 +112,15 @@ def test_final_phase_job_waits_for_its_mos(cluster: Cluster, scorer_stub: Stub,
         with pytest.raises(grpc.RpcError) as error:
             scorer_stub.SetMos(scorer_pb2.SetMosRequest(job_id=job_id, mos=mos))
         assert error.value.code() == code and text in error.value.details()
+
+
+def test_undefined_msssim_fails_the_job_clearly(scorer_stub: Stub, patches: Path) -> None:
+    """An inverted output makes the NumPy flavour's contrast terms negative: no value, so the
+    job fails with the reason instead of storing NaN or crashing."""
+    inverted = graph_bytes(lambda tf, x: tf.identity(1.0 - x, name="output"))
+    job = wait_job(scorer_stub, submit(scorer_stub, patches, inverted, team="inverted").job_id)
+    assert job.state == scorer_pb2.JOB_STATE_FAILED
+    assert "MS-SSIM is undefined (NaN)" in job.error and "anti-correlated" in job.error
 
 
 @dataclass

@@ -1,0 +1,87 @@
+"""`pirm up`'s supervisor (LocalCluster) restarts a scorer killed with SIGKILL in the middle of
+a job, and the restarted scorer finishes that job exactly once, without recomputing the images
+it had already stored."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+from inference import open_inference_pb2 as oip
+from inference import open_inference_pb2_grpc as oip_grpc
+from pirm.v1 import scorer_pb2
+
+from services.cli.cluster import SERVICES, LocalCluster, free_port, wait_serving
+from services.client import ScorerClient
+from services.common.server import open_channel
+from services.scorer.samples import make_sample_dataset
+from services.scorer.scoring import Track
+from tests.integration.helpers import slow_graph
+
+KILL_AFTER_IMAGES = 8  # stored before the kill; more than the pipeline can hold unstored
+IN_FLIGHT_BOUND = 6  # inferred but not yet stored: 1 inferring + 2 queued + 2 scoring + 1 queued
+WAIT_S = 600.0
+
+
+def inferences_of(target: str, model: str) -> int:
+    with open_channel(target, 64) as channel:
+        stats = oip_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+            oip.ModelStatisticsRequest(name=model), timeout=10)
+    return sum(s.inference_count for s in stats.model_stats)
+
+
+def wait_for(condition: object, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_killed_scorer_restarts_and_finishes_its_job_once(tmp_path: Path) -> None:
+    store = tmp_path / "scorer.db"
+    cluster = LocalCluster(
+        ports={service: free_port() for service in SERVICES},
+        log_dir=tmp_path / "logs",
+        extra_env={"PIRM_STORE": str(store), "PIRM_STATE_DIR": str(tmp_path),
+                   "PIRM_TIMING_WARMUP_RUNS": "1", "PIRM_TIMING_MIN_RUNS": "2",
+                   "PIRM_TIMING_MIN_SECONDS": "0", "PIRM_TIMING_MAX_RUNS": "3"},
+    )
+    cluster.start()
+    try:
+        dataset = make_sample_dataset(tmp_path, Track.B, patches_per_photo=4)
+        total = len(list((dataset / "patches" / "iphone").iterdir()))
+        assert total > KILL_AFTER_IMAGES + IN_FLIGHT_BOUND
+        scorer = cluster.target("scorer")
+        with ScorerClient(scorer) as client:
+            job = client.submit(Track.B, slow_graph(), dataset, team="restart",
+                                request_id="once")
+            def scored_enough() -> bool:
+                current = client.get(job.job_id)
+                assert current.state in (scorer_pb2.JOB_STATE_QUEUED,
+                                         scorer_pb2.JOB_STATE_RUNNING), current
+                return current.progress.images_done >= KILL_AFTER_IMAGES
+
+            wait_for(scored_enough, f"{KILL_AFTER_IMAGES} scored images")
+        os.kill(cluster.pid("scorer"), signal.SIGKILL)
+        wait_for(lambda: cluster.restarts["scorer"] == 1, "the supervisor's restart")
+        wait_serving(scorer)
+        with ScorerClient(scorer) as client:
+            # The client's retry after the crash is the same submission, not a second job.
+            again = client.submit(Track.B, slow_graph(), dataset, team="restart",
+                                  request_id="once")
+            assert again.job_id == job.job_id
+            final = client.wait(job.job_id, timeout_s=WAIT_S)
+        assert final.state == scorer_pb2.JOB_STATE_SUCCEEDED, final.error
+        assert final.result.images == total
+        with sqlite3.connect(store) as db:
+            assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 1
+            assert db.execute("SELECT COUNT(*) FROM image_results WHERE job_id = ?",
+                              (job.job_id,)).fetchone()[0] == total
+        # Stored images were not inferred again: at most those in flight at the kill were.
+        count = inferences_of(cluster.target("inference"), f"sha256-{job.model_sha256[:16]}")
+        assert total <= count <= total + IN_FLIGHT_BOUND, count
+    finally:
+        cluster.stop()
