@@ -45,7 +45,7 @@ run: setup
 	$(BIN)/pirm demo
 
 lint: setup
-	$(BIN)/ruff check services tests $(wildcard bench)
+	$(BIN)/ruff check services tests deploy $(wildcard bench)
 	$(BIN)/mypy
 
 test: setup lint
