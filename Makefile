@@ -11,9 +11,10 @@ STAMP_PROTOS := $(GEN)/.generated
 CLIENT_VENV := build/client-venv
 STAMP_CLIENT := $(CLIENT_VENV)/.installed
 
-.PHONY: setup protos run test lint unit integration clean bench-inference bench-metrics bench-e2e
+.PHONY: setup protos kubectl run test lint unit integration deploy-test clean bench-inference \
+	bench-metrics bench-e2e
 
-setup: $(STAMP_INSTALL) $(STAMP_PROTOS) $(STAMP_CLIENT)
+setup: $(STAMP_INSTALL) $(STAMP_PROTOS) $(STAMP_CLIENT) kubectl
 
 # The project is installed editable; the generated package `pirm.v1` is mapped to build/gen,
 # so its folder must exist before pip records the mapping.
@@ -40,12 +41,23 @@ $(STAMP_CLIENT):
 	$(CLIENT_VENV)/bin/pip install --quiet 'tritonclient[grpc]==2.73.0' 'numpy==2.4.6'
 	touch $@
 
+# tests/deploy renders the Kubernetes overlays with `kubectl kustomize`. Where kubectl is
+# missing, Debian's kubernetes-client provides it (as root); if that fails, those tests skip
+# and say why. Bookworm's package is kubectl 1.20, whose kustomize predates components: the
+# tests skip rendering with it too.
+kubectl:
+	@command -v kubectl >/dev/null || ! command -v apt-get >/dev/null || \
+	  { export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y --no-install-recommends kubernetes-client >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get install -y --no-install-recommends kubernetes-client; }; } || \
+	  echo "kubectl could not be installed: tests/deploy will not render the overlays"
+
 # The main job: start the cluster, evaluate the SRCNN baselines of both tracks, print the leaderboards.
 run: setup
 	$(BIN)/pirm demo
 
 lint: setup
-	$(BIN)/ruff check services tests $(wildcard bench)
+	$(BIN)/ruff check services tests deploy $(wildcard bench)
 	$(BIN)/mypy
 
 test: setup lint
@@ -56,6 +68,9 @@ unit: setup
 
 integration: setup
 	$(BIN)/python -m pytest -q tests/integration
+
+deploy-test: setup
+	$(BIN)/python -m pytest -q tests/deploy
 
 # Benchmarks time ours and the reference side by side in one run and print the ratio.
 bench-inference: setup

@@ -109,6 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(bench)
     bench.set_defaults(run=cmd_bench)
 
+    batch = commands.add_parser(
+        "batch", help="evaluate models in shards as a Kubernetes Indexed Job, and follow it")
+    _track(batch)
+    batch.add_argument("--models", required=True,
+                       help="a folder of .pb files or a comma-separated list, on the data volume")
+    batch.add_argument("--data", required=True, help="the dataset folder on the data volume")
+    batch.add_argument("--shards", type=_positive_int, default=4,
+                       help="pods that evaluate in parallel")
+    batch.add_argument("--namespace", default="pirm-cpu",
+                       help="where the cluster runs (pirm-cpu or pirm-gpu with deploy/k8s)")
+    batch.add_argument("--image", default="pirm-eval:0.1.0", help="the shards' image")
+    batch.add_argument("--data-claim", default="pirm-data",
+                       help="PersistentVolumeClaim of the data volume, mounted read-only")
+    batch.add_argument("--scorer", default="scorer:50053",
+                       help="scorer host:port as the Job's pods reach it")
+    batch.add_argument("--kubeconfig", help="cluster credentials (default: as kubectl)")
+    batch.add_argument("--dry-run", action="store_true",
+                       help="print the Job's manifest instead of creating it")
+    batch.set_defaults(run=cmd_batch)
+
     demo = commands.add_parser(
         "demo", help="start the cluster, evaluate the baselines of both tracks, print leaderboards"
     )
@@ -120,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _track(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--track", choices=["A", "B"], required=True, type=str.upper)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _scorer_and_json(parser: argparse.ArgumentParser) -> None:
@@ -310,6 +337,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(args)
     _print_json(result) if args.json else print_report(result)
     return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from services.batch import api
+    from services.batch.job import BatchSpec, batch_job_name, build_job, manifest_yaml
+
+    spec = BatchSpec(
+        name=batch_job_name(args.track), track=args.track, models=args.models, data=args.data,
+        shards=args.shards, namespace=args.namespace, image=args.image,
+        data_claim=args.data_claim, scorer=args.scorer,
+    )
+    job = build_job(spec)
+    if args.dry_run:
+        print(manifest_yaml(job), end="")
+        return 0
+    from kubernetes.client import ApiException
+    from kubernetes.config import ConfigException
+
+    outcome = None
+    try:
+        kubernetes = api.connect(args.kubeconfig)
+        api.create_job(kubernetes, spec.namespace, job)
+        print(f"created job {spec.namespace}/{spec.name}: {spec.shards} shards", flush=True)
+        for progress in api.follow_job(kubernetes, spec.namespace, spec.name):
+            print(progress.summary(), flush=True)
+            outcome = progress.outcome
+    except ConfigException as error:
+        print(f"pirm: no Kubernetes cluster configured: {error}", file=sys.stderr)
+        return 2
+    except ApiException as error:
+        print(f"pirm: Kubernetes API: {api.error_message(error)}", file=sys.stderr)
+        return 2
+    print(f"job {spec.name}: {outcome}. Results are on the scorer's leaderboard: "
+          f"pirm leaderboard --track {spec.track}")
+    return 0 if outcome == "Complete" else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
