@@ -46,3 +46,9 @@ class ResourceExhausted(PirmError):
 
 class Unavailable(PirmError):
     status = "UNAVAILABLE"
+
+
+class Cancelled(PirmError):
+    """The caller gave up on the work (a cancelled job, a cancelled call): it was stopped."""
+
+    status = "CANCELLED"

@@ -216,18 +216,20 @@ class Engine:
 
     def benchmark(
         self, name: str, image: np.ndarray, options: TimingOptions, device: str = "",
-        measure_memory: bool = False,
+        measure_memory: bool = False, abort: threading.Event | None = None,
     ) -> DeviceTiming:
-        """Times the model on one input, alone on its device; optionally its peak memory."""
+        """Times the model on one input, alone on its device; optionally its peak memory.
+        Setting `abort` stops the measurement (its worker is killed) with Cancelled."""
         device = self._device(device)
         image = _as_model_input(image)
         with self._device_locks[device].exclusive():
             timing: Timing = self._worker(device).call("benchmark", name, image, options,
-                                                       models=self._sources_of(name))
+                                                       models=self._sources_of(name),
+                                                       abort=abort)
             measured = self._device_timing(timing, device, image)
             if measure_memory:
-                measured = replace(measured, peak_memory_mb=self._peak_memory_mb(name, image,
-                                                                                 device))
+                measured = replace(measured, peak_memory_mb=self._peak_memory_mb(
+                    name, image, device, abort))
         return measured
 
     def benchmark_pirm2018(self, name: str, images: list[np.ndarray],
@@ -242,19 +244,20 @@ class Engine:
 
     def compare(
         self, name: str, baseline: str, image: np.ndarray, options: TimingOptions,
-        device: str = "", measure_memory: bool = False,
+        device: str = "", measure_memory: bool = False, abort: threading.Event | None = None,
     ) -> RuntimeComparison:
         """Times the model and the baseline interleaved on the same worker and settings."""
         device = self._device(device)
         image = _as_model_input(image)
         with self._device_locks[device].exclusive():
             result: Comparison = self._worker(device).call(
-                "compare", name, baseline, image, options, models=self._sources_of(name, baseline)
+                "compare", name, baseline, image, options,
+                models=self._sources_of(name, baseline), abort=abort,
             )
             solution = self._device_timing(result.solution, device, image)
             if measure_memory:
-                solution = replace(solution, peak_memory_mb=self._peak_memory_mb(name, image,
-                                                                                 device))
+                solution = replace(solution, peak_memory_mb=self._peak_memory_mb(
+                    name, image, device, abort))
         return RuntimeComparison(
             solution=solution,
             baseline=self._device_timing(result.baseline, device, image),
@@ -273,10 +276,12 @@ class Engine:
         for worker in workers:
             worker.stop()
 
-    def _peak_memory_mb(self, name: str, image: np.ndarray, device: str) -> float:
+    def _peak_memory_mb(self, name: str, image: np.ndarray, device: str,
+                        abort: threading.Event | None = None) -> float:
         (source,) = self._sources_of(name)
         limit = self.settings.memory_limit_bytes
-        peak = measure_peak_memory(self._worker_settings(device), source, image, limit)
+        peak = measure_peak_memory(self._worker_settings(device), source, image, limit,
+                                   abort=abort)
         if peak > limit:
             raise MemoryLimitExceeded(
                 f"model {name!r} exceeds the memory limit: its peak is {peak / MIB:.0f} MiB on "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
@@ -85,12 +87,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> inference_pb2.BenchmarkResponse:
         image = from_tensor(request.input, "input")
         options, device = timing_options(request.options), _DEVICES[request.device]
+        # A caller that gives up (a cancelled job) stops the measurement and frees the device.
+        # The callback also runs after a normal end, when it no longer matters.
+        abort = threading.Event()
+        context.add_callback(abort.set)
         if not request.baseline_model:
             measured = self.engine.benchmark(request.model, image, options, device,
-                                             request.measure_memory)
+                                             request.measure_memory, abort)
             return inference_pb2.BenchmarkResponse(timing=timing_to_proto(measured))
         result = self.engine.compare(request.model, request.baseline_model, image, options,
-                                     device, request.measure_memory)
+                                     device, request.measure_memory, abort)
         return inference_pb2.BenchmarkResponse(
             timing=timing_to_proto(result.solution),
             baseline_timing=timing_to_proto(result.baseline),

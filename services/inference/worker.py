@@ -13,6 +13,7 @@ import multiprocessing
 import resource
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -101,9 +102,12 @@ class Worker:
     def running(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
-    def call(self, method: str, *args: Any, models: tuple[ModelSource, ...] = ()) -> Any:
+    def call(self, method: str, *args: Any, models: tuple[ModelSource, ...] = (),
+             abort: threading.Event | None = None) -> Any:
         """Calls the runtime in the worker, (re)starting it and loading `models` first if the
-        current process does not hold them."""
+        current process does not hold them. When `abort` is set meanwhile, the worker is killed
+        (a session run cannot be interrupted otherwise) and Cancelled raised; the next call
+        starts a fresh worker."""
         with self._lock:
             if not self.running:
                 self._start()
@@ -111,12 +115,13 @@ class Worker:
                 if model.name not in self.loaded:
                     self._request("load", model.load_args())
                     self.loaded.add(model.name)
-            return self._request(method, args)
+            return self._request(method, args, abort)
 
-    def _request(self, method: str, args: tuple[Any, ...]) -> Any:
+    def _request(self, method: str, args: tuple[Any, ...],
+                 abort: threading.Event | None = None) -> Any:
         assert self._conn is not None
         self._conn.send((method, args))
-        status, value = self._receive(method)
+        status, value = self._receive(method, abort)
         if status == "error":
             _raise(*value)
         return value
@@ -141,9 +146,11 @@ class Worker:
         log.info("worker started", extra={"device": self.settings.device,
                                           "pid": self._process.pid, "restarts": self.restarts})
 
-    def _receive(self, method: str) -> tuple[str, Any]:
+    def _receive(self, method: str, abort: threading.Event | None = None) -> tuple[str, Any]:
         assert self._conn is not None
         while not self._conn.poll(_POLL_S):
+            if abort is not None and abort.is_set():
+                self._kill(method)
             if not self._process.is_alive():
                 break
         else:
@@ -161,6 +168,14 @@ class Worker:
             f"the model crashed its inference worker during {method} ({cause}); the worker "
             "was restarted, other requests are unaffected"
         )
+
+    def _kill(self, method: str) -> None:
+        self._process.kill()
+        self._process.join(5)
+        self._process = None
+        log.info("worker killed: its caller cancelled", extra={"device": self.settings.device,
+                                                             "method": method})
+        raise errors.Cancelled(f"{method} was cancelled by its caller; the worker was restarted")
 
     def stop(self) -> None:
         with self._lock:
@@ -208,8 +223,10 @@ def _data_segment_bytes() -> int:
 
 
 def measure_peak_memory(settings: WorkerSettings, model: ModelSource, image: Any,
-                        limit_bytes: int, timeout_s: float = 600.0) -> int:
-    """Peak memory in bytes of loading and running the model once on `image`."""
+                        limit_bytes: int, timeout_s: float = 600.0,
+                        abort: threading.Event | None = None) -> int:
+    """Peak memory in bytes of loading and running the model once on `image`; Cancelled (the
+    probe killed) when `abort` is set meanwhile."""
     parent, child = _CONTEXT.Pipe()
     process = _CONTEXT.Process(target=_probe_memory, daemon=True,
                                args=(child, settings, model, image, limit_bytes),
@@ -217,8 +234,13 @@ def measure_peak_memory(settings: WorkerSettings, model: ModelSource, image: Any
     process.start()
     child.close()
     try:
-        if not parent.poll(timeout_s):
-            raise errors.InvalidArgument(f"the memory probe took longer than {timeout_s:.0f} s")
+        deadline = time.monotonic() + timeout_s
+        while not parent.poll(_POLL_S):
+            if abort is not None and abort.is_set():
+                raise errors.Cancelled("the memory probe was cancelled by its caller")
+            if time.monotonic() > deadline:
+                raise errors.InvalidArgument(
+                    f"the memory probe took longer than {timeout_s:.0f} s")
         status, value = parent.recv()
     except EOFError:
         process.join(5)

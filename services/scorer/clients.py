@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 import numpy as np
@@ -99,13 +99,15 @@ class InferenceClient:
         return from_tensor(response.output, "model output")
 
     def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
-                  measure_memory: bool = False) -> DeviceTiming:
-        response = self._benchmark(model, "", image, options, measure_memory)
+                  measure_memory: bool = False,
+                  abort: threading.Event | None = None) -> DeviceTiming:
+        response = self._benchmark(model, "", image, options, measure_memory, abort)
         return timing_from_proto(response.timing)
 
     def compare(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
-                measure_memory: bool = False) -> RuntimeComparison:
-        response = self._benchmark(model, baseline, image, options, measure_memory)
+                measure_memory: bool = False,
+                abort: threading.Event | None = None) -> RuntimeComparison:
+        response = self._benchmark(model, baseline, image, options, measure_memory, abort)
         return RuntimeComparison(
             solution=timing_from_proto(response.timing),
             baseline=timing_from_proto(response.baseline_timing),
@@ -115,7 +117,8 @@ class InferenceClient:
         )
 
     def _benchmark(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
-                   measure_memory: bool) -> inference_pb2.BenchmarkResponse:
+                   measure_memory: bool, abort: threading.Event | None
+                   ) -> inference_pb2.BenchmarkResponse:
         request = inference_pb2.BenchmarkRequest(
             model=model,
             baseline_model=baseline,
@@ -127,7 +130,8 @@ class InferenceClient:
             ),
             measure_memory=measure_memory,
         )
-        return self._call(lambda: self._stub.Benchmark(request, timeout=self._deadline))
+        return self._call(lambda: _abortable(
+            self._stub.Benchmark.future(request, timeout=self._deadline), abort))
 
     def _call(self, call: Callable[[], T]) -> T:
         return call_with_retry(f"inference {self.target}", call, self._attempts)
@@ -302,14 +306,18 @@ class InferencePool:
             lambda client: self._reloading(client, lambda: client.infer(model, image), model))
 
     def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
-                  measure_memory: bool = False) -> DeviceTiming:
+                  measure_memory: bool = False,
+                  abort: threading.Event | None = None) -> DeviceTiming:
         return self._pool.first_available(lambda client: self._reloading(
-            client, lambda: client.benchmark(model, image, options, measure_memory), model))
+            client, lambda: client.benchmark(model, image, options, measure_memory, abort),
+            model))
 
     def compare(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
-                measure_memory: bool = False) -> RuntimeComparison:
+                measure_memory: bool = False,
+                abort: threading.Event | None = None) -> RuntimeComparison:
         return self._pool.first_available(lambda client: self._reloading(
-            client, lambda: client.compare(model, baseline, image, options, measure_memory),
+            client,
+            lambda: client.compare(model, baseline, image, options, measure_memory, abort),
             model, baseline))
 
     def close(self) -> None:
@@ -362,6 +370,18 @@ class MetricsPool:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _abortable(call: grpc.Future, abort: threading.Event | None, poll_s: float = 0.2) -> Any:
+    """The call's response; if `abort` is set first, the call is cancelled (the server stops
+    its work) and Cancelled raised."""
+    while True:
+        try:
+            return call.result(timeout=poll_s)
+        except grpc.FutureTimeoutError:
+            if abort is not None and abort.is_set():
+                call.cancel()
+                raise errors.Cancelled("the call was cancelled: its job was cancelled") from None
 
 
 def _outcome(call: Callable[[], object]) -> errors.PirmError | None:

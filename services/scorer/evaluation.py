@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import Cancelled, FailedPrecondition, InvalidArgument
 from services.inference.timing import DeviceTiming, RuntimeComparison, TimingOptions
 from services.metrics.quality import PairQuality, QualityOptions
 from services.scorer.jobs import Job, JobResult, JobSpec
@@ -58,10 +58,12 @@ class InferenceBackend(Protocol):
     def infer(self, model: str, image: np.ndarray) -> np.ndarray: ...
 
     def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
-                  measure_memory: bool = False) -> DeviceTiming: ...
+                  measure_memory: bool = False,
+                  abort: threading.Event | None = None) -> DeviceTiming: ...
 
     def compare(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
-                measure_memory: bool = False) -> RuntimeComparison: ...
+                measure_memory: bool = False,
+                abort: threading.Event | None = None) -> RuntimeComparison: ...
 
 
 class MetricsBackend(Protocol):
@@ -118,10 +120,6 @@ class BaselineTimings:
             return timing
 
 
-class Cancelled(Exception):
-    """The job was cancelled: its work stops at the next image or call."""
-
-
 class Evaluation:
     def __init__(
         self,
@@ -167,7 +165,7 @@ class Evaluation:
         if self.stopping.is_set():
             raise Interrupted()
         if self.cancelled.is_set():
-            raise Cancelled()
+            raise Cancelled(f"job {self.job.job_id} was cancelled")
 
     def _load_model(self) -> str:
         spec = self.spec
@@ -233,8 +231,10 @@ class Evaluation:
         track, options = self.spec.track, self.settings.timing
         if self.settings.timing_mode == "interleaved":
             baseline = self.baselines.load(track)
-            return self.inference.compare(model, baseline, image, options, measure_memory=True)
-        runtime = self.inference.benchmark(model, image, options, measure_memory=True)
+            return self.inference.compare(model, baseline, image, options, measure_memory=True,
+                                          abort=self.cancelled)
+        runtime = self.inference.benchmark(model, image, options, measure_memory=True,
+                                           abort=self.cancelled)
         base = self.baselines.cached(track, image, runtime.node)
         return RuntimeComparison(
             solution=runtime,

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from services.common.errors import PirmError
+from services.common.errors import Cancelled, PirmError
 from services.scorer.evaluation import (
     BaselineTimings,
-    Cancelled,
     Evaluation,
     EvaluationSettings,
     InferenceBackend,

@@ -4,19 +4,23 @@ a dead one skipped)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from inference import open_inference_pb2 as oip
 from inference import open_inference_pb2_grpc as oip_grpc
-from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
+from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 
 from services.cli.cluster import free_port
 from services.common.server import RunningServer, open_channel
+from services.common.tensors import to_tensor
 from services.inference.server import create_server as create_inference
+from services.inference.timing import TimingOptions
 from services.metrics.server import create_server as create_metrics
 from services.scorer.samples import make_sample_dataset, srcnn_graph_def
 from services.scorer.scoring import Track
@@ -27,6 +31,7 @@ from tests.integration.conftest import TEST_TIMING, Cluster
 from tests.integration.helpers import graph_bytes, slow_graph, wait_job
 
 Stub = scorer_pb2_grpc.ScorerServiceStub
+InferenceStub = inference_pb2_grpc.InferenceServiceStub
 KAPPA, MOS_REF_B = 0.0719, 2.295  # SPEC.md section 3
 
 
@@ -74,6 +79,38 @@ def test_cancel_queued_and_running_jobs(cluster: Cluster, scorer_stub: Stub,
     assert again.state == scorer_pb2.JOB_STATE_SUCCEEDED
     assert scorer_stub.GetJob(scorer_pb2.GetJobRequest(job_id=running.job_id)).state == \
         scorer_pb2.JOB_STATE_CANCELLED
+
+
+def test_cancel_during_timing_frees_the_device(cluster: Cluster, patches: Path,
+                                              inference_stub: InferenceStub,
+                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A job cancelled in its timing stage stops the measurement on the inference service:
+    with 10 minutes of timing asked for, the next timing call still gets the device at once
+    (were the measurement left running, it would wait for it and the test time out)."""
+    state = tmp_path_factory.mktemp("long-timing")
+    config = ScorerConfig(
+        inference=cluster.target(cluster.inference), metrics=cluster.target(cluster.metrics),
+        store=state / "scorer.db", state_dir=state,
+        timing=TimingOptions(warmup_runs=1, min_runs=2, min_seconds=600.0, max_runs=100_000),
+    )
+    scorer = create_scorer("127.0.0.1:0", config)
+    try:
+        with open_channel(f"127.0.0.1:{scorer.port}", 64) as channel:
+            stub = scorer_pb2_grpc.ScorerServiceStub(channel)
+            job = submit(stub, patches, srcnn_graph_def(seed=3), team="cancel-timing")
+            timing = wait_until(stub, job.job_id, lambda j: j.progress.stage == "timing")
+            assert timing.progress.stage == "timing", timing
+            time.sleep(2.0)  # the Benchmark call is under way well within this
+            stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=job.job_id))
+            assert wait_job(stub, job.job_id).state == scorer_pb2.JOB_STATE_CANCELLED
+        quick = inference_pb2.BenchmarkRequest(
+            model=f"sha256-{job.model_sha256[:16]}",
+            input=to_tensor(np.zeros((1, 64, 64, 3), np.float32)),
+            options=inference_pb2.TimingOptions(warmup_runs=1, min_runs=2, max_runs=3),
+        )
+        assert inference_stub.Benchmark(quick, timeout=300).timing.runs >= 2
+    finally:
+        scorer.stop(grace=1.0)
 
 
 def test_final_phase_job_waits_for_its_mos(cluster: Cluster, scorer_stub: Stub,
