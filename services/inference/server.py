@@ -90,4 +90,4 @@ def main(argv: list[str] | None = None) -> None:
         node=env_default("PIRM_NODE_NAME", EngineSettings().node),
     )
     running = create_server(f"{args.host}:{args.port}", settings, args.max_message_mb, args.workers)
-    serve_until_signalled(running, args.grace_seconds)
+    serve_until_signalled(running, args.grace_seconds, args.host, args.metrics_port)

@@ -38,4 +38,4 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     running = create_server(f"{args.host}:{args.port}", args.max_message_mb, args.workers)
-    serve_until_signalled(running, args.grace_seconds)
+    serve_until_signalled(running, args.grace_seconds, args.host, args.metrics_port)

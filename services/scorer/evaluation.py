@@ -37,6 +37,7 @@ from services.scorer.scoring import (
     score_constants,
 )
 from services.scorer.store import JobStore
+from services.scorer.telemetry import image_evaluated, stage, timed_stage
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,12 @@ class Evaluation:
     def run(self) -> JobResult:
         dataset = Path(self.spec.dataset)
         items = quality_items(self.spec.track, dataset)
-        model = self._load_model()
+        with stage(self.spec.track, "load_model"):
+            model = self._load_model()
         self._measure_quality(model, items)
         self._progress(len(items), len(items), "timing")
-        runtime = self._measure_runtime(model, dataset)
+        with stage(self.spec.track, "timing"):
+            runtime = self._measure_runtime(model, dataset)
         self._progress(len(items), len(items), "scoring")
         return self._result(runtime, len(items))
 
@@ -155,27 +158,31 @@ class Evaluation:
         self._progress(finished, total, "quality")
         options = QUALITY_OPTIONS[self.spec.track]
         track = self.spec.track
+        prepare = timed_stage(track, "prepare", prepare_quality_pair)
         with ThreadPoolExecutor(1 + self.settings.metrics_in_flight) as pool:
             pending: deque[Future[None]] = deque()
 
             def score(item: QualityItem, output: np.ndarray, target: np.ndarray) -> None:
                 nonlocal finished
-                quality = self.metrics.evaluate(output, target, options)
+                with stage(track, "metrics"):
+                    quality = self.metrics.evaluate(output, target, options)
                 self.store.put_image_result(self.job.job_id, item.name, quality.psnr,
                                             quality.msssim)
+                image_evaluated(track)
                 with self._progress_lock:
                     finished += 1
                     self._progress(finished, total, "quality")
 
-            prepared = pool.submit(prepare_quality_pair, track, todo[0]) if todo else None
+            prepared = pool.submit(prepare, track, todo[0]) if todo else None
             for index, item in enumerate(todo):
                 if self.stopping.is_set():
                     raise Interrupted()
                 assert prepared is not None
                 model_input, target = prepared.result()
                 if index + 1 < len(todo):
-                    prepared = pool.submit(prepare_quality_pair, track, todo[index + 1])
-                output = self.inference.infer(model, model_input)
+                    prepared = pool.submit(prepare, track, todo[index + 1])
+                with stage(track, "inference"):
+                    output = self.inference.infer(model, model_input)
                 pending.append(pool.submit(score, item, output, target))
                 while len(pending) > self.settings.metrics_in_flight:
                     pending.popleft().result()

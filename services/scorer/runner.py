@@ -16,6 +16,7 @@ from services.scorer.evaluation import (
 )
 from services.scorer.jobs import Job, JobState
 from services.scorer.store import JobStore
+from services.scorer.telemetry import job_finished
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class JobRunner:
             self.store.finish(job.job_id, JobState.SUCCEEDED, result=result)
             log.info("job succeeded", extra={"job_id": job.job_id, "psnr": result.psnr,
                                              "msssim": result.msssim})
+        job_finished(self.store.get_job(job.job_id))
         self.notify()
 
     def _fail(self, job: Job, error: str) -> None:

@@ -27,6 +27,7 @@ from services.scorer.samples import baseline_graph
 from services.scorer.scoring import KAPPA, Track
 from services.scorer.servicer import ScorerServicer
 from services.scorer.store import JobStore
+from services.scorer.telemetry import watch_store
 
 SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def create_server(address: str, config: ScorerConfig, workers: int = 16) -> Runn
                              servicer)
     running = create_grpc_server(address, [binding], config.max_message_mb, workers)
     running.on_stop.extend([runner.stop, inference.close, metrics.close, store.close])
+    running.on_stop.insert(0, watch_store(store))  # unwatched before the store closes
     runner.start()
     running.mark_serving()
     return running
@@ -141,4 +143,4 @@ def main(argv: list[str] | None = None) -> None:
         max_message_mb=args.max_message_mb,
     )
     running = create_server(f"{args.host}:{args.port}", config, args.workers)
-    serve_until_signalled(running, args.grace_seconds)
+    serve_until_signalled(running, args.grace_seconds, args.host, args.metrics_port)

@@ -174,6 +174,12 @@ class JobStore:
             )
             return cursor.rowcount
 
+    def count_jobs(self, state: JobState) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?",
+                                   (state.value,)).fetchone()
+        return int(row[0])
+
     def set_progress(self, job_id: str, done: int, total: int, stage: str) -> None:
         with self._transaction() as db:
             db.execute(
