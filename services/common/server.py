@@ -20,8 +20,8 @@ from services.common.config import MIB
 from services.common.interceptors import ErrorInterceptor
 from services.common.telemetry import (
     GrpcMetricsInterceptor,
+    MetricsEndpoint,
     initialize_grpc_metrics,
-    start_exporter,
 )
 
 log = logging.getLogger(__name__)
@@ -110,17 +110,17 @@ def create_server(
     return RunningServer(server, port, health_servicer, names)
 
 
-def serve_until_signalled(running: RunningServer, grace: float, metrics_host: str = "127.0.0.1",
-                          metrics_port: int = 0) -> None:
-    """Serves /metrics on metrics_port (0: not at all), blocks until SIGTERM/SIGINT, then drains
-    in-flight calls within `grace` seconds.
+def serve_until_signalled(running: RunningServer, grace: float,
+                          metrics: MetricsEndpoint | None = None) -> None:
+    """Serves /metrics, blocks until SIGTERM/SIGINT, then drains in-flight calls within `grace`
+    seconds.
 
-    Only here, in the process that serves one service, and not in create_server: the registry is
-    the process's, so servers started side by side in one process (tests) would share it."""
-    stop_exporter = start_exporter(metrics_host, metrics_port)
-    if stop_exporter is not None:
-        running.on_stop.append(stop_exporter)
-        log.info("metrics endpoint", extra={"address": metrics_host, "port": metrics_port})
+    The metrics endpoint starts here, in the process that serves one service, and not in
+    create_server: servers started side by side in one process (tests) would share a registry."""
+    stop_endpoint = metrics.start() if metrics else None
+    if metrics and stop_endpoint:
+        running.on_stop.append(stop_endpoint)
+        log.info("metrics endpoint", extra={"address": metrics.host, "port": metrics.port})
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("shutting down", extra={"signal": signal.Signals(signum).name, "grace": grace})

@@ -1,10 +1,12 @@
 """Prometheus metrics every service has: gRPC requests (one interceptor for the three services)
 and the HTTP endpoint Prometheus scrapes.
 
-Every service is one process with its own registry (prometheus-client's default one, which also
-carries the process_* and python_* metrics), scraped as its own target; a service scaled out on
-Kubernetes is one target per pod. Code that runs in helper processes (the inference workers)
-reports its results back to the server process, which records them, so no multiprocess mode.
+Every service is one process, scraped as its own target; a service scaled out on Kubernetes is
+one target per pod. Its endpoint serves prometheus-client's default registry (the gRPC metrics
+below and the process_* and python_* ones) together with the registry of its own telemetry
+module, so that a process exports its own service's metrics only (the scorer imports the
+metrics library, for instance). Helper processes (the inference workers) report their results
+to the server process, which records them, so no multiprocess mode is needed.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import prometheus_client
 from google.protobuf import descriptor_pool
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from services.common.interceptors import Behavior, HandlerInterceptor
 
@@ -109,16 +113,32 @@ def initialize_grpc_metrics(service_names: list[str]) -> None:
             GRPC_HANDLING_SECONDS.labels(*labels, "OK")
 
 
-def start_exporter(host: str, port: int) -> Callable[[], None] | None:
-    """Serves this process's metrics on http://host:port/metrics; returns what stops it.
-    Port 0 disables the endpoint."""
-    if port == 0:
-        return None
-    server, thread = start_http_server(port, addr=host)
+def exported_registry(service_metrics: CollectorRegistry) -> CollectorRegistry:
+    """What a service's endpoint serves: the process-wide metrics and the service's own."""
+    exported = CollectorRegistry(auto_describe=True)
+    exported.register(prometheus_client.REGISTRY)
+    exported.register(service_metrics)
+    return exported
 
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
-    return stop
+@dataclass(frozen=True)
+class MetricsEndpoint:
+    """Where a service serves /metrics (port 0: nowhere) and its telemetry module's registry."""
+
+    host: str
+    port: int
+    service_metrics: CollectorRegistry
+
+    def start(self) -> Callable[[], None] | None:
+        """Serves http://host:port/metrics; returns what stops it."""
+        if self.port == 0:
+            return None
+        server, thread = start_http_server(self.port, addr=self.host,
+                                           registry=exported_registry(self.service_metrics))
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+        return stop

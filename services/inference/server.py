@@ -20,6 +20,8 @@ from services.common.server import (
 from services.common.server import (
     create_server as create_grpc_server,
 )
+from services.common.telemetry import MetricsEndpoint
+from services.inference import telemetry
 from services.inference.engine import Engine, EngineSettings
 from services.inference.open_inference import OpenInferenceServicer
 from services.inference.servicer import InferenceServicer
@@ -90,4 +92,5 @@ def main(argv: list[str] | None = None) -> None:
         node=env_default("PIRM_NODE_NAME", EngineSettings().node),
     )
     running = create_server(f"{args.host}:{args.port}", settings, args.max_message_mb, args.workers)
-    serve_until_signalled(running, args.grace_seconds, args.host, args.metrics_port)
+    endpoint = MetricsEndpoint(args.host, args.metrics_port, telemetry.REGISTRY)
+    serve_until_signalled(running, args.grace_seconds, endpoint)

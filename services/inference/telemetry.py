@@ -14,36 +14,52 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 DEVICES = ("cpu", "gpu")
 LOCK_MODES = ("shared", "exclusive")  # quality inference shares a device; timing has it alone
 
-MODEL_LOADS = Counter("pirm_inference_model_loads", "Graphs vetted and loaded into a worker.",
-                      ["device"])
-MODEL_LOAD_FAILURES = Counter("pirm_inference_model_load_failures",
-                              "Graphs refused or failing to load.", ["device"])
-MODELS_LOADED = Gauge("pirm_inference_models_loaded", "Models held by the service now.")
+# This service's metrics, exported by its process only (see services.common.telemetry).
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+MODEL_LOADS = Counter(
+    "pirm_inference_model_loads", "Graphs vetted and loaded into a worker.", ["device"],
+    registry=REGISTRY,
+)
+MODEL_LOAD_FAILURES = Counter(
+    "pirm_inference_model_load_failures", "Graphs refused or failing to load.", ["device"],
+    registry=REGISTRY,
+)
+MODELS_LOADED = Gauge(
+    "pirm_inference_models_loaded", "Models held by the service now.", registry=REGISTRY,
+)
 MODEL_RUN_SECONDS = Histogram(
     "pirm_inference_model_run_seconds",
     "Time of one model run for an inference request (the session run in the worker).",
     ["model", "device"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
 )
-IMAGES_INFERRED = Counter("pirm_inference_images", "Images run through a model for requests.",
-                          ["device"])
-WORKER_RESTARTS = Counter("pirm_inference_worker_restarts",
-                          "TensorFlow worker processes started again after dying.", ["device"])
+IMAGES_INFERRED = Counter(
+    "pirm_inference_images", "Images run through a model for requests.", ["device"],
+    registry=REGISTRY,
+)
+WORKER_RESTARTS = Counter(
+    "pirm_inference_worker_restarts", "TensorFlow worker processes started again after dying.",
+    ["device"], registry=REGISTRY,
+)
 DEVICE_LOCK_WAIT_SECONDS = Histogram(
     "pirm_inference_device_lock_wait_seconds",
     "Time a request waited for its device: timing runs have it alone, other runs share it.",
     ["device", "mode"],
     buckets=(0.0001, 0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    registry=REGISTRY,
 )
 MODEL_PEAK_MEMORY_BYTES = Gauge(
     "pirm_inference_model_peak_memory_bytes",
     "A model's last measured peak memory on its timing input (RSS growth, or GPU peak).",
     ["model", "device"],
+    registry=REGISTRY,
 )
 
 for _device in DEVICES:  # series exist from the start, so that increase() counts the first event

@@ -16,6 +16,8 @@ from services.common.server import (
 from services.common.server import (
     create_server as create_grpc_server,
 )
+from services.common.telemetry import MetricsEndpoint
+from services.metrics import telemetry
 from services.metrics.quality import warm_up
 from services.metrics.servicer import MetricsServicer
 
@@ -38,4 +40,5 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     running = create_server(f"{args.host}:{args.port}", args.max_message_mb, args.workers)
-    serve_until_signalled(running, args.grace_seconds, args.host, args.metrics_port)
+    endpoint = MetricsEndpoint(args.host, args.metrics_port, telemetry.REGISTRY)
+    serve_until_signalled(running, args.grace_seconds, endpoint)

@@ -19,7 +19,9 @@ from services.common.server import (
 from services.common.server import (
     create_server as create_grpc_server,
 )
+from services.common.telemetry import MetricsEndpoint
 from services.inference.timing import TimingOptions
+from services.scorer import telemetry
 from services.scorer.clients import InferenceClient, MetricsClient
 from services.scorer.evaluation import EvaluationSettings
 from services.scorer.runner import JobRunner
@@ -27,7 +29,6 @@ from services.scorer.samples import baseline_graph
 from services.scorer.scoring import KAPPA, Track
 from services.scorer.servicer import ScorerServicer
 from services.scorer.store import JobStore
-from services.scorer.telemetry import watch_store
 
 SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def create_server(address: str, config: ScorerConfig, workers: int = 16) -> Runn
                              servicer)
     running = create_grpc_server(address, [binding], config.max_message_mb, workers)
     running.on_stop.extend([runner.stop, inference.close, metrics.close, store.close])
-    running.on_stop.insert(0, watch_store(store))  # unwatched before the store closes
+    running.on_stop.insert(0, telemetry.watch_store(store))  # unwatched before the store closes
     runner.start()
     running.mark_serving()
     return running
@@ -143,4 +144,5 @@ def main(argv: list[str] | None = None) -> None:
         max_message_mb=args.max_message_mb,
     )
     running = create_server(f"{args.host}:{args.port}", config, args.workers)
-    serve_until_signalled(running, args.grace_seconds, args.host, args.metrics_port)
+    endpoint = MetricsEndpoint(args.host, args.metrics_port, telemetry.REGISTRY)
+    serve_until_signalled(running, args.grace_seconds, endpoint)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.scorer.jobs import Job, JobState
 from services.scorer.scoring import Track
@@ -23,25 +23,37 @@ FINAL_STATES = tuple(state.value for state in JobState if state.final)
 # the model, measure the figures; then time model and baseline on the HD image.
 STAGES = ("load_model", "prepare", "inference", "metrics", "timing")
 
-JOBS_SUBMITTED = Counter("pirm_scorer_jobs_submitted", "Jobs accepted (not counting repeated "
-                         "submissions of the same request id).", ["track"])
-JOBS_FINISHED = Counter("pirm_scorer_jobs_finished", "Jobs that reached a final state.",
-                        ["track", "state"])
+# This service's metrics, exported by its process only (see services.common.telemetry).
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+JOBS_SUBMITTED = Counter(
+    "pirm_scorer_jobs_submitted",
+    "Jobs accepted (a repeated submission of the same request id is not counted).", ["track"],
+    registry=REGISTRY,
+)
+JOBS_FINISHED = Counter(
+    "pirm_scorer_jobs_finished", "Jobs that reached a final state.", ["track", "state"],
+    registry=REGISTRY,
+)
 JOB_DURATION_SECONDS = Histogram(
     "pirm_scorer_job_duration_seconds", "Time from a job's start to its final state.",
     ["track", "state"],
     buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
+    registry=REGISTRY,
 )
-IMAGES_EVALUATED = Counter("pirm_scorer_images_evaluated",
-                           "Images (track A) or patches (track B) scored for jobs.", ["track"])
+IMAGES_EVALUATED = Counter(
+    "pirm_scorer_images_evaluated", "Images (track A) or patches (track B) scored for jobs.",
+    ["track"], registry=REGISTRY,
+)
 STAGE_SECONDS = Histogram(
     "pirm_scorer_stage_duration_seconds", "Time of one step of a job's pipeline.",
     ["track", "stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
              300),
+    registry=REGISTRY,
 )
-QUEUE_DEPTH = Gauge("pirm_scorer_queue_depth", "Jobs waiting to run.")
-JOBS_RUNNING = Gauge("pirm_scorer_jobs_running", "Jobs being evaluated now.")
+QUEUE_DEPTH = Gauge("pirm_scorer_queue_depth", "Jobs waiting to run.", registry=REGISTRY)
+JOBS_RUNNING = Gauge("pirm_scorer_jobs_running", "Jobs being evaluated now.", registry=REGISTRY)
 
 for _track in TRACKS:  # series exist from the start, so that increase() counts the first event
     JOBS_SUBMITTED.labels(_track)
