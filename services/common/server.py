@@ -20,7 +20,6 @@ from services.common.config import MIB
 from services.common.interceptors import ErrorInterceptor
 from services.common.telemetry import (
     GrpcMetricsInterceptor,
-    MetricsEndpoint,
     initialize_grpc_metrics,
 )
 
@@ -111,16 +110,11 @@ def create_server(
 
 
 def serve_until_signalled(running: RunningServer, grace: float,
-                          metrics: MetricsEndpoint | None = None) -> None:
-    """Serves /metrics, blocks until SIGTERM/SIGINT, then drains in-flight calls within `grace`
-    seconds.
-
-    The metrics endpoint starts here, in the process that serves one service, and not in
-    create_server: servers started side by side in one process (tests) would share a registry."""
-    stop_endpoint = metrics.start() if metrics else None
-    if metrics and stop_endpoint:
-        running.on_stop.append(stop_endpoint)
-        log.info("metrics endpoint", extra={"address": metrics.host, "port": metrics.port})
+                          stop_metrics: Callable[[], None] | None = None) -> None:
+    """Blocks until SIGTERM/SIGINT, then drains in-flight calls within `grace` seconds and
+    stops the metrics endpoint (see telemetry.start_metrics_endpoint)."""
+    if stop_metrics is not None:
+        running.on_stop.append(stop_metrics)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("shutting down", extra={"signal": signal.Signals(signum).name, "grace": grace})

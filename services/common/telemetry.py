@@ -12,9 +12,9 @@ to the server process, which records them, so no multiprocess mode is needed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -23,6 +23,8 @@ from google.protobuf import descriptor_pool
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from services.common.interceptors import Behavior, HandlerInterceptor
+
+log = logging.getLogger(__name__)
 
 # Request latencies range from a health check to a job watched for an hour.
 GRPC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
@@ -121,24 +123,19 @@ def exported_registry(service_metrics: CollectorRegistry) -> CollectorRegistry:
     return exported
 
 
-@dataclass(frozen=True)
-class MetricsEndpoint:
-    """Where a service serves /metrics (port 0: nowhere) and its telemetry module's registry."""
+def start_metrics_endpoint(host: str, port: int, service_metrics: CollectorRegistry
+                           ) -> Callable[[], None] | None:
+    """Serves http://host:port/metrics (port 0: nothing) with the service's own metrics;
+    returns what stops it. A service's main calls it before the server reports SERVING, and
+    only there: servers started side by side in one process (tests) would share a registry."""
+    if port == 0:
+        return None
+    server, thread = start_http_server(port, addr=host, registry=exported_registry(service_metrics))
+    log.info("metrics endpoint", extra={"address": host, "port": port})
 
-    host: str
-    port: int
-    service_metrics: CollectorRegistry
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
-    def start(self) -> Callable[[], None] | None:
-        """Serves http://host:port/metrics; returns what stops it."""
-        if self.port == 0:
-            return None
-        server, thread = start_http_server(self.port, addr=self.host,
-                                           registry=exported_registry(self.service_metrics))
-
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
-
-        return stop
+    return stop

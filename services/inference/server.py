@@ -20,7 +20,7 @@ from services.common.server import (
 from services.common.server import (
     create_server as create_grpc_server,
 )
-from services.common.telemetry import MetricsEndpoint
+from services.common.telemetry import start_metrics_endpoint
 from services.inference import telemetry
 from services.inference.engine import Engine, EngineSettings
 from services.inference.open_inference import OpenInferenceServicer
@@ -91,6 +91,6 @@ def main(argv: list[str] | None = None) -> None:
         repository=args.repository,
         node=env_default("PIRM_NODE_NAME", EngineSettings().node),
     )
+    stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
     running = create_server(f"{args.host}:{args.port}", settings, args.max_message_mb, args.workers)
-    endpoint = MetricsEndpoint(args.host, args.metrics_port, telemetry.REGISTRY)
-    serve_until_signalled(running, args.grace_seconds, endpoint)
+    serve_until_signalled(running, args.grace_seconds, stop_metrics)

@@ -1,8 +1,9 @@
-"""The inference service's Prometheus metrics, recorded by the engine in the server process.
+"""The inference service's Prometheus metrics, recorded in the server process: by the engine,
+and by the server's handle on each worker (worker.Worker) for restarts.
 
 TensorFlow runs in worker processes, but every result (a run's time, a measured peak memory, a
-crash) comes back to the engine through its pipe, so the workers record nothing themselves and
-the service needs no multiprocess mode: one registry in the server process, one scrape target.
+crash) comes back to the server process through a pipe, so the workers record nothing
+themselves and the service needs no multiprocess mode: one registry, one scrape target.
 
 Model names are labels: they are the names models are loaded under (the scorer names a
 submission by its content hash), one per distinct model, and their series are removed when

@@ -19,7 +19,7 @@ from services.common.server import (
 from services.common.server import (
     create_server as create_grpc_server,
 )
-from services.common.telemetry import MetricsEndpoint
+from services.common.telemetry import start_metrics_endpoint
 from services.inference.timing import TimingOptions
 from services.scorer import telemetry
 from services.scorer.clients import InferenceClient, MetricsClient
@@ -143,6 +143,6 @@ def main(argv: list[str] | None = None) -> None:
         max_model_bytes=args.max_model_mb * MIB,
         max_message_mb=args.max_message_mb,
     )
+    stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
     running = create_server(f"{args.host}:{args.port}", config, args.workers)
-    endpoint = MetricsEndpoint(args.host, args.metrics_port, telemetry.REGISTRY)
-    serve_until_signalled(running, args.grace_seconds, endpoint)
+    serve_until_signalled(running, args.grace_seconds, stop_metrics)

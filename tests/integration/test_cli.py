@@ -102,6 +102,9 @@ def test_pirm_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         import socket
 
         with socket.socket() as sock:
+            # Still refused while anything listens; allowed over the TIME_WAIT that a closed
+            # HTTP connection to a /metrics port leaves.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
 
 

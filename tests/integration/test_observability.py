@@ -179,6 +179,9 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 def test_each_service_exports_its_metrics_after_a_job(
     cluster: LocalCluster, finished_job: scorer_pb2.Job
 ) -> None:
+    # The runner counts a finished job just after storing its state, which WatchJob reports.
+    eventually(lambda: total(scrape(cluster.metrics_ports["scorer"]),
+                             "pirm_scorer_jobs_finished_total") == 1, 10, "no finished job")
     scraped = {service: scrape(cluster.metrics_ports[service]) for service in SERVICES}
     for service, samples in scraped.items():
         for name in [*NON_ZERO[service], *NON_ZERO_EVERYWHERE]:
@@ -243,7 +246,14 @@ def test_prometheus_shows_the_job_in_the_dashboard_queries(
         counted = prometheus.query(evaluated)
         return bool(counted) and float(counted[0]["value"][1]) >= PATCHES
 
+    def duration_p50() -> float:  # NaN until a scrape after the job's end
+        values = [float(r["value"][1]) for r in prometheus.query(
+            queries["Job duration (p50, p95)"][0]) if r["metric"]["track"] == "B"]
+        return values[0] if len(values) == 1 else math.nan
+
     eventually(images_counted, 30, f"the dashboard's {evaluated!r} did not reach {PATCHES}")
+    eventually(lambda: math.isfinite(duration_p50()), 30, "the job's duration did not show")
+    assert duration_p50() > 0
     # increase() extrapolates a little past the samples, never down, and counts one scorer.
     assert float(prometheus.query(evaluated)[0]["value"][1]) < 2 * PATCHES
     rates = {r["metric"]["track"]: float(r["value"][1]) for r in prometheus.query(throughput)}
@@ -258,6 +268,3 @@ def test_prometheus_shows_the_job_in_the_dashboard_queries(
     while (empty := empty_panels()) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not empty, f"panels without data: {empty}"
-    durations = [float(r["value"][1]) for r in prometheus.query(
-        queries["Job duration (p50, p95)"][0]) if r["metric"]["track"] == "B"]
-    assert len(durations) == 1 and math.isfinite(durations[0]) and durations[0] > 0
