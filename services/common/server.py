@@ -1,6 +1,6 @@
 """The one server bootstrap of all three services: options, error mapping, request metrics,
-health, reflection, the metrics endpoint, graceful shutdown. Each service's server.py only says
-which servicers to register."""
+health, reflection, graceful shutdown (the /metrics endpoint included: see telemetry.py). Each
+service's server.py only says which servicers to register."""
 
 from __future__ import annotations
 
