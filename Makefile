@@ -11,10 +11,10 @@ STAMP_PROTOS := $(GEN)/.generated
 CLIENT_VENV := build/client-venv
 STAMP_CLIENT := $(CLIENT_VENV)/.installed
 
-.PHONY: setup protos kubectl run test lint unit integration deploy-test clean bench-inference \
-	bench-metrics bench-e2e
+.PHONY: setup protos kubectl prometheus run test lint unit integration deploy-test clean \
+	bench-inference bench-metrics bench-e2e
 
-setup: $(STAMP_INSTALL) $(STAMP_PROTOS) $(STAMP_CLIENT) kubectl
+setup: $(STAMP_INSTALL) $(STAMP_PROTOS) $(STAMP_CLIENT) kubectl prometheus
 
 # The project is installed editable; the generated package `pirm.v1` is mapped to build/gen,
 # so its folder must exist before pip records the mapping.
@@ -51,6 +51,15 @@ kubectl:
 	    apt-get install -y --no-install-recommends kubernetes-client >/dev/null 2>&1 || \
 	    { apt-get update -qq && apt-get install -y --no-install-recommends kubernetes-client; }; } || \
 	  echo "kubectl could not be installed: tests/deploy will not render the overlays"
+
+# The observability test scrapes the services with a real Prometheus (Debian's package); the
+# test starts its own server, so the package's systemd service plays no part. Without apt-get
+# (not Debian) the step does nothing and that test skips, saying why.
+prometheus:
+	@command -v prometheus >/dev/null || ! command -v apt-get >/dev/null || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus || \
+	    { apt-get update && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
 
 # The main job: start the cluster, evaluate the SRCNN baselines of both tracks, print the leaderboards.
 run: setup

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.config import DEFAULT_PORTS, env_default
+from services.common.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, env_default
 
 log = logging.getLogger(__name__)
 SERVICES = ("inference", "metrics", "scorer")
@@ -43,6 +43,12 @@ def configured_ports() -> dict[str, int]:
     return {s: env_default(f"PIRM_{s.upper()}_PORT", DEFAULT_PORTS[s], int) for s in SERVICES}
 
 
+def configured_metrics_ports() -> dict[str, int]:
+    """PIRM_<SERVICE>_METRICS_PORT, else each service's default /metrics port (9101-9103)."""
+    return {s: env_default(f"PIRM_{s.upper()}_METRICS_PORT", DEFAULT_METRICS_PORTS[s], int)
+            for s in SERVICES}
+
+
 def wait_serving(target: str, timeout_s: float = 120.0) -> None:
     """Waits until the server's health service reports SERVING."""
     deadline = time.monotonic() + timeout_s
@@ -63,6 +69,7 @@ def wait_serving(target: str, timeout_s: float = 120.0) -> None:
 @dataclass
 class LocalCluster:
     ports: dict[str, int] = field(default_factory=lambda: configured_ports())
+    metrics_ports: dict[str, int] = field(default_factory=lambda: configured_metrics_ports())
     extra_env: dict[str, str] = field(default_factory=dict)
     restart: bool = True
     log_dir: Path | None = None  # service logs go there instead of this terminal
@@ -79,6 +86,7 @@ class LocalCluster:
         for service in SERVICES:
             env[f"PIRM_{service.upper()}_HOST"] = "127.0.0.1"
             env[f"PIRM_{service.upper()}_PORT"] = str(self.ports[service])
+            env[f"PIRM_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[service])
         env["PIRM_INFERENCE_TARGET"] = self.target("inference")
         env["PIRM_METRICS_TARGET"] = self.target("metrics")
         env.update(self.extra_env)

@@ -52,6 +52,7 @@ def run_demo(data: Path | None) -> int:
     with tempfile.TemporaryDirectory(prefix="pirm-demo-") as tmp:
         cluster = LocalCluster(
             ports={s: free_port() for s in ("inference", "metrics", "scorer")},
+            metrics_ports=dict.fromkeys(("inference", "metrics", "scorer"), 0),  # not scraped
             log_dir=STATE / "logs",
             extra_env={
                 "PIRM_STORE": str(Path(tmp) / "scorer.db"),

@@ -168,7 +168,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     setup_logging()
     cluster = LocalCluster()
     cluster.start()
-    targets = ", ".join(f"{s} {cluster.target(s)}" for s in ("inference", "metrics", "scorer"))
+    targets = ", ".join(f"{s} {cluster.target(s)} (/metrics on :{cluster.metrics_ports[s]})"
+                        for s in ("inference", "metrics", "scorer"))
     print(f"cluster up: {targets} (Ctrl-C stops)", flush=True)
     cluster.wait()
     return 0

@@ -12,6 +12,8 @@ MIB = 1024 * 1024
 DEFAULT_MAX_MESSAGE_MB = 64
 
 DEFAULT_PORTS = {"inference": 50051, "metrics": 50052, "scorer": 50053}
+# Where each service serves its Prometheus metrics (/metrics over HTTP).
+DEFAULT_METRICS_PORTS = {"inference": 9101, "metrics": 9102, "scorer": 9103}
 
 
 def env_default(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
@@ -30,6 +32,12 @@ def add_server_flags(parser: argparse.ArgumentParser, service: str) -> None:
     parser.add_argument(
         "--port", type=int, default=env_default(f"{prefix}_PORT", DEFAULT_PORTS[service], int),
         help=f"port to bind, 0 for any free port (env {prefix}_PORT)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int,
+        default=env_default(f"{prefix}_METRICS_PORT", DEFAULT_METRICS_PORTS[service], int),
+        help=f"port of the Prometheus /metrics endpoint on --host, 0 for none "
+             f"(env {prefix}_METRICS_PORT)",
     )
     parser.add_argument(
         "--max-message-mb", type=int,

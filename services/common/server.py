@@ -1,12 +1,13 @@
-"""The one server bootstrap of all three services: options, error mapping, health, reflection,
-graceful shutdown. Each service's server.py only says which servicers to register."""
+"""The one server bootstrap of all three services: options, error mapping, request metrics,
+health, reflection, graceful shutdown (the /metrics endpoint included: see telemetry.py). Each
+service's server.py only says which servicers to register."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import MIB
-from services.common.errors import PirmError
+from services.common.interceptors import ErrorInterceptor
+from services.common.telemetry import (
+    GrpcMetricsInterceptor,
+    initialize_grpc_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +85,14 @@ def create_server(
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
-        interceptors=[ErrorInterceptor()],
+        # The metrics interceptor comes first (outermost): it sees the mapped status codes.
+        interceptors=[GrpcMetricsInterceptor(), ErrorInterceptor()],
         options=options,
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [b.full_name for b in bindings]
+    initialize_grpc_metrics(names)
     for binding in bindings:
         binding.add_to_server(binding.servicer, server)
         health_servicer.set(binding.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -102,8 +109,12 @@ def create_server(
     return RunningServer(server, port, health_servicer, names)
 
 
-def serve_until_signalled(running: RunningServer, grace: float) -> None:
-    """Blocks until SIGTERM/SIGINT, then drains in-flight calls within `grace` seconds."""
+def serve_until_signalled(running: RunningServer, grace: float,
+                          stop_metrics: Callable[[], None] | None = None) -> None:
+    """Blocks until SIGTERM/SIGINT, then drains in-flight calls within `grace` seconds and
+    stops the metrics endpoint (see telemetry.start_metrics_endpoint)."""
+    if stop_metrics is not None:
+        running.on_stop.append(stop_metrics)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("shutting down", extra={"signal": signal.Signals(signum).name, "grace": grace})
@@ -114,63 +125,3 @@ def serve_until_signalled(running: RunningServer, grace: float) -> None:
     running.mark_serving()
     running.server.wait_for_termination()
     running._stopped.wait()
-
-
-class ErrorInterceptor(grpc.ServerInterceptor):
-    """Turns domain errors into their gRPC status, and anything unexpected into INTERNAL."""
-
-    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _guard_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _guard_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _guard_stream(handler.stream_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
-
-
-def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
-    if isinstance(error, PirmError):
-        if error.metadata():
-            context.set_trailing_metadata(error.metadata())
-        context.abort(grpc.StatusCode[error.status], str(error))
-    if context.code() is not None:  # type: ignore[attr-defined]  # aborted by the servicer
-        raise error
-    log.exception("unhandled error", extra={"method": method})
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {error!r}")
-
-
-def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return behavior(request, context)
-        except Exception as error:  # noqa: BLE001 - every error must become a status
-            _abort(context, error, method)
-
-    return guarded
-
-
-def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Any]:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from behavior(request, context)
-        except Exception as error:  # noqa: BLE001
-            _abort(context, error, method)
-
-    return guarded

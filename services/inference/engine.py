@@ -22,6 +22,7 @@ from services.common.errors import (
     PirmError,
 )
 from services.common.limits import DEFAULT_MAX_MODEL_BYTES, check_model_size
+from services.inference import telemetry
 from services.inference.graphs import GraphSpec, repository_path
 from services.inference.timing import (
     Comparison,
@@ -69,14 +70,15 @@ class DeviceLock:
     """Shared for quality inference, exclusive for timing: a timed run never shares its device
     with our own load."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str) -> None:
+        self.device = device
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
-        with self._cond:
+        with telemetry.waiting_for_device(self.device, "shared"), self._cond:
             self._cond.wait_for(lambda: not self._writer)
             self._readers += 1
         try:
@@ -88,7 +90,7 @@ class DeviceLock:
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        with self._cond:
+        with telemetry.waiting_for_device(self.device, "exclusive"), self._cond:
             self._cond.wait_for(lambda: not self._writer)
             self._writer = True  # new readers wait from now on
             self._cond.wait_for(lambda: self._readers == 0)
@@ -111,7 +113,7 @@ class Engine:
         self._workers: dict[str, Worker] = {}
         self._unavailable: dict[str, str] = {}  # device -> why it cannot run here
         self._lock = threading.Lock()
-        self._device_locks = {device: DeviceLock() for device in DEVICES}
+        self._device_locks = {device: DeviceLock(device) for device in DEVICES}
 
     def start(self) -> None:
         """Starts the default device's worker, so that the first request does not wait."""
@@ -130,7 +132,11 @@ class Engine:
         with self._lock:
             if self._sources.get(name) == source:  # the scorer loads at submission and per job
                 return self._specs[name]
-        spec: GraphSpec = worker.call("load", *source.load_args())
+        try:
+            spec: GraphSpec = worker.call("load", *source.load_args())
+        except PirmError:
+            telemetry.model_load_failed(worker.settings.device)
+            raise
         with self._lock:
             self._sources[name] = source
             self._specs[name] = spec
@@ -138,7 +144,9 @@ class Engine:
             for other in self._workers.values():
                 if other is not worker:
                     other.loaded.discard(name)  # stale: reloaded there on first use
+            models_held = len(self._specs)
         worker.loaded.add(name)
+        telemetry.model_loaded(worker.settings.device, models_held)
         self._warm_up(name, stats)
         return spec
 
@@ -176,8 +184,10 @@ class Engine:
             self._specs.pop(name, None)
             self._stats.pop(name, None)
             workers = [w for w in self._workers.values() if name in w.loaded]
+            models_held = len(self._specs)
         if source is None:
             raise NotFound(f"no model named {name!r} is loaded")
+        telemetry.model_unloaded(name, models_held)
         for worker in workers:
             worker.loaded.discard(name)
             worker.call("unload", name)
@@ -198,6 +208,7 @@ class Engine:
             raise
         if record:
             self._record(name, time.perf_counter_ns() - start, int(run_ms * 1e6))
+            telemetry.model_ran(name, device, run_ms)
         return output, run_ms
 
     def _record(self, name: str, elapsed_ns: int, compute_ns: int | None) -> None:
@@ -282,6 +293,7 @@ class Engine:
         limit = self.settings.memory_limit_bytes
         peak = measure_peak_memory(self._worker_settings(device), source, image, limit,
                                    abort=abort)
+        telemetry.peak_memory_measured(name, device, peak)
         if peak > limit:
             raise MemoryLimitExceeded(
                 f"model {name!r} exceeds the memory limit: its peak is {peak / MIB:.0f} MiB on "

@@ -20,6 +20,8 @@ from services.common.server import (
 from services.common.server import (
     create_server as create_grpc_server,
 )
+from services.common.telemetry import start_metrics_endpoint
+from services.inference import telemetry
 from services.inference.engine import Engine, EngineSettings
 from services.inference.open_inference import OpenInferenceServicer
 from services.inference.servicer import InferenceServicer
@@ -89,5 +91,6 @@ def main(argv: list[str] | None = None) -> None:
         repository=args.repository,
         node=env_default("PIRM_NODE_NAME", EngineSettings().node),
     )
+    stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
     running = create_server(f"{args.host}:{args.port}", settings, args.max_message_mb, args.workers)
-    serve_until_signalled(running, args.grace_seconds)
+    serve_until_signalled(running, args.grace_seconds, stop_metrics)

@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from services.common import errors
+from services.inference import telemetry
 
 log = logging.getLogger(__name__)
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -129,6 +130,7 @@ class Worker:
     def _start(self) -> None:
         if self._process is not None:
             self.restarts += 1
+            telemetry.worker_restarted(self.settings.device)
         parent, child = _CONTEXT.Pipe()
         self._process = _CONTEXT.Process(
             target=_serve, args=(child, self.settings), daemon=True,

@@ -28,7 +28,7 @@ from enum import StrEnum
 import numpy as np
 
 from services.common.errors import InvalidArgument
-from services.metrics import kernels
+from services.metrics import kernels, telemetry
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 FILTER_SIZE = 11
@@ -355,14 +355,18 @@ def evaluate_pair(output: np.ndarray, target: np.ndarray, options: QualityOption
     raw = _in_channel(a, b, options.channel)
     psnr_pair = clipped if options.clip_psnr_input else raw
     ssim_pair = clipped if options.clip_msssim_input else raw
-    tf_compat = options.tf_compat
-    return PairQuality(
-        psnr=_psnr(*psnr_pair, 1.0, tf_compat),
-        msssim=_ms_ssim(*ssim_pair, options.flavor, 1.0, options.negative, options.small,
-                        tf_compat),
-        ssim=_ssim(*ssim_pair, options.flavor, 1.0, options.small, tf_compat)
-        if options.with_ssim else None,
-    )
+    tf_compat, flavor = options.tf_compat, options.flavor
+    with telemetry.computing("psnr"):
+        psnr_value = _psnr(*psnr_pair, 1.0, tf_compat)
+    with telemetry.computing(f"msssim_{flavor.value}"):
+        msssim_value = _ms_ssim(*ssim_pair, flavor, 1.0, options.negative, options.small,
+                                tf_compat)
+    ssim_value = None
+    if options.with_ssim:
+        with telemetry.computing(f"ssim_{flavor.value}"):
+            ssim_value = _ssim(*ssim_pair, flavor, 1.0, options.small, tf_compat)
+    telemetry.pair_measured(a.shape[0] * a.shape[1])
+    return PairQuality(psnr=psnr_value, msssim=msssim_value, ssim=ssim_value)
 
 
 def evaluate_batch(

@@ -16,6 +16,8 @@ from services.common.server import (
 from services.common.server import (
     create_server as create_grpc_server,
 )
+from services.common.telemetry import start_metrics_endpoint
+from services.metrics import telemetry
 from services.metrics.quality import warm_up
 from services.metrics.servicer import MetricsServicer
 
@@ -37,5 +39,6 @@ def main(argv: list[str] | None = None) -> None:
     add_server_flags(parser, "metrics")
     args = parser.parse_args(argv)
     setup_logging()
+    stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
     running = create_server(f"{args.host}:{args.port}", args.max_message_mb, args.workers)
-    serve_until_signalled(running, args.grace_seconds)
+    serve_until_signalled(running, args.grace_seconds, stop_metrics)

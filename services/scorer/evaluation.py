@@ -40,6 +40,7 @@ from services.scorer.scoring import (
     score_constants,
 )
 from services.scorer.store import JobStore
+from services.scorer.telemetry import image_evaluated, stage, timed_stage
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +152,13 @@ class Evaluation:
         items = quality_items(self.spec.track, dataset)
         self.inference.refresh()  # endpoints added since the last job (new pods) take part
         self.metrics.refresh()
-        model = self._load_model()
+        with stage(self.spec.track, "load_model"):
+            model = self._load_model()
         self._measure_quality(model, items)
         self._progress(len(items), len(items), "timing")
         started = time.perf_counter()
-        runtime = self._measure_runtime(model, dataset)
+        with stage(self.spec.track, "timing"):
+            runtime = self._measure_runtime(model, dataset)
         timing_s = time.perf_counter() - started
         self._progress(len(items), len(items), "scoring")
         return self._result(runtime, len(items), timing_s)
@@ -211,14 +214,18 @@ class Evaluation:
                     "and colour order")
             self.store.put_image_result(self.job.job_id, item.name, quality.psnr,
                                         quality.msssim)
+            image_evaluated(track)
             with self._progress_lock:
                 finished += 1
                 self._progress(finished, total, "quality")
 
+        # Each stage's latency also goes to Prometheus (pirm_scorer_stage_duration_seconds).
         stages = [
-            Stage("prepare", prepare),
-            Stage("inference", infer, self.inference.parallelism),
-            Stage("metrics", measure, self.settings.metrics_in_flight * self.metrics.parallelism),
+            Stage("prepare", timed_stage(track, "prepare", prepare)),
+            Stage("inference", timed_stage(track, "inference", infer),
+                  self.inference.parallelism),
+            Stage("metrics", timed_stage(track, "metrics", measure),
+                  self.settings.metrics_in_flight * self.metrics.parallelism),
             Stage("store", store),
         ]
         run_pipeline(todo, stages, capacity=2, check=self.check, clock=self.clock)

@@ -16,6 +16,7 @@ from services.scorer.evaluation import (
 )
 from services.scorer.jobs import Job, JobState
 from services.scorer.store import JobStore
+from services.scorer.telemetry import job_finished
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,14 @@ class JobRunner:
 
     def cancel(self, job_id: str) -> Job:
         """Cancels a queued or running job; a running one stops at its next unit of work."""
+        before = self.store.get_job(job_id).state
         job = self.store.cancel(job_id)
         with self._cancel_lock:
             event = self._cancel_events.get(job_id)
         if event is not None and job.state is JobState.CANCELLED:
             event.set()
+        if before is JobState.QUEUED and job.state is JobState.CANCELLED:
+            job_finished(job)  # a running job is counted when its runner lets go of it
         self.notify()
         return job
 
@@ -111,6 +115,9 @@ class JobRunner:
         finally:
             with self._cancel_lock:
                 self._cancel_events.pop(job.job_id, None)
+        final = self.store.get_job(job.job_id)
+        if final.state.final:  # not when interrupted by a shutdown: it resumes after
+            job_finished(final)
         self.notify()
 
     def _evaluate(self, job: Job, evaluation: Evaluation) -> None:

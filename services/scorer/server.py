@@ -19,7 +19,9 @@ from services.common.server import (
 from services.common.server import (
     create_server as create_grpc_server,
 )
+from services.common.telemetry import start_metrics_endpoint
 from services.inference.timing import TimingOptions
+from services.scorer import telemetry
 from services.scorer.clients import InferencePool, MetricsPool
 from services.scorer.evaluation import EvaluationSettings
 from services.scorer.runner import JobRunner
@@ -75,6 +77,7 @@ def create_server(address: str, config: ScorerConfig, workers: int = 16) -> Runn
                              servicer)
     running = create_grpc_server(address, [binding], config.max_message_mb, workers)
     running.on_stop.extend([runner.stop, inference.close, metrics.close, store.close])
+    running.on_stop.insert(0, telemetry.watch_store(store))  # unwatched before the store closes
     runner.start()
     running.mark_serving()
     return running
@@ -160,5 +163,6 @@ def main(argv: list[str] | None = None) -> None:
         max_model_bytes=args.max_model_mb * MIB,
         max_message_mb=args.max_message_mb,
     )
+    stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
     running = create_server(f"{args.host}:{args.port}", config, args.workers)
-    serve_until_signalled(running, args.grace_seconds)
+    serve_until_signalled(running, args.grace_seconds, stop_metrics)

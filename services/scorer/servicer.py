@@ -20,6 +20,7 @@ from services.scorer.runner import JobRunner
 from services.scorer.scoring import TRACKS as TRACK_CONSTANTS
 from services.scorer.scoring import Phase
 from services.scorer.store import JobStore, QueueLimits
+from services.scorer.telemetry import job_submitted
 from services.scorer.wire import (
     ENTRY_POLICIES,
     ENTRY_POLICY_MESSAGES,
@@ -49,7 +50,9 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     ) -> scorer_pb2.Job:
         spec, model = self._job_spec(request)
         self._validate_model(spec, model)
-        job, _ = self.store.create_job(spec, model, self.limits)
+        job, created = self.store.create_job(spec, model, self.limits)
+        if created:
+            job_submitted(spec.track)
         self.runner.notify()
         return job_message(job)
 

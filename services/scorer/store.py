@@ -209,6 +209,12 @@ class JobStore:
                 raise FailedPrecondition(f"job {job_id} has not succeeded: no result to rescore")
         return self.get_job(job_id)
 
+    def count_jobs(self, state: JobState) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?",
+                                   (state.value,)).fetchone()
+        return int(row[0])
+
     def set_progress(self, job_id: str, done: int, total: int, stage: str) -> None:
         with self._transaction() as db:
             db.execute(

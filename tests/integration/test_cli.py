@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +75,11 @@ def test_pirm_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     import grpc
 
     ports = {s: free_port() for s in ("inference", "metrics", "scorer")}
+    metrics_ports = {s: free_port() for s in ports}
     env = dict(os.environ, PIRM_STORE=str(tmp_path / "scorer.db"),
                PIRM_STATE_DIR=str(tmp_path),
-               **{f"PIRM_{s.upper()}_PORT": str(p) for s, p in ports.items()})
+               **{f"PIRM_{s.upper()}_PORT": str(p) for s, p in ports.items()},
+               **{f"PIRM_{s.upper()}_METRICS_PORT": str(p) for s, p in metrics_ports.items()})
     up = subprocess.Popen([PIRM, "up"], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, text=True)
     try:
@@ -86,16 +89,22 @@ def test_pirm_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             assert is_serving(channel)
         jobs = pirm("jobs", "--json", "--scorer", f"127.0.0.1:{ports['scorer']}")
         assert json.loads(jobs.stdout) == []
+        for port in metrics_ports.values():  # each service serves its Prometheus metrics
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+                assert "grpc_server_handled_total{" in page.read().decode()
         up.send_signal(signal.SIGTERM)
         assert up.wait(timeout=60) == 0
     finally:
         if up.poll() is None:
             up.kill()
     time.sleep(0.5)
-    for port in ports.values():  # every service is gone: its port is free again
+    for port in [*ports.values(), *metrics_ports.values()]:  # every port is free again
         import socket
 
         with socket.socket() as sock:
+            # Still refused while anything listens; allowed over the TIME_WAIT that a closed
+            # HTTP connection to a /metrics port leaves.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
 
 

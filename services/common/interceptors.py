@@ -1,0 +1,88 @@
+"""The server interceptors every service has: one mechanism that wraps a method's behaviour
+whatever its streaming kind, used by the error mapping here and by the metrics in telemetry.py."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from services.common.errors import PirmError
+
+log = logging.getLogger(__name__)
+
+Behavior = Callable[..., Any]
+
+# The four kinds of gRPC method: the handler attribute holding the behaviour, the factory that
+# rebuilds a handler around a wrapped behaviour, and whether the response is a stream.
+_KINDS = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+)
+
+
+class HandlerInterceptor(grpc.ServerInterceptor):
+    """Base of our interceptors: subclasses say how to wrap one method's behaviour."""
+
+    def wrap(self, behavior: Behavior, method: str, kind: str, streams_response: bool
+             ) -> Behavior:
+        """Returns the behaviour to run instead; a streaming one must be a generator."""
+        raise NotImplementedError
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        for kind, make_handler, streams_response in _KINDS:
+            behavior = getattr(handler, kind)
+            if behavior:
+                return make_handler(
+                    self.wrap(behavior, handler_call_details.method, kind, streams_response),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
+
+
+class ErrorInterceptor(HandlerInterceptor):
+    """Turns domain errors into their gRPC status, and anything unexpected into INTERNAL."""
+
+    def wrap(self, behavior: Behavior, method: str, kind: str, streams_response: bool
+             ) -> Behavior:
+        return _guard_stream(behavior, method) if streams_response else _guard_unary(
+            behavior, method)
+
+
+def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
+    if isinstance(error, PirmError):
+        if error.metadata():
+            context.set_trailing_metadata(error.metadata())
+        context.abort(grpc.StatusCode[error.status], str(error))
+    if context.code() is not None:  # type: ignore[attr-defined]  # aborted by the servicer
+        raise error
+    log.exception("unhandled error", extra={"method": method})
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {error!r}")
+
+
+def _guard_unary(behavior: Behavior, method: str) -> Behavior:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request, context)
+        except Exception as error:  # noqa: BLE001 - every error must become a status
+            _abort(context, error, method)
+
+    return guarded
+
+
+def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Behavior:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from behavior(request, context)
+        except Exception as error:  # noqa: BLE001
+            _abort(context, error, method)
+
+    return guarded
