@@ -385,9 +385,15 @@ def evaluate_batch(
 
 
 def warm_up() -> None:
-    """Loads (or compiles, once per machine) every kernel signature a request can use."""
+    """Loads (or compiles, once per machine) every kernel signature a request can use. Images
+    decoded from a request are read-only views of its bytes, a signature of their own."""
     for dtype in (np.float32, np.float64):
-        x = np.zeros((176, 176, 3), dtype)
-        ms_ssim(x, x, Flavor.TF)
-        ms_ssim(x[:20, :20], x[:20, :20], Flavor.NUMPY)
-        psnr(x, x)
+        for writeable in (True, False):
+            x = np.zeros((176, 176, 3), dtype)
+            small = np.zeros((20, 20, 3), dtype)
+            x.setflags(write=writeable)
+            small.setflags(write=writeable)
+            ms_ssim(x, x, Flavor.TF)
+            ms_ssim(small, small, Flavor.NUMPY)
+            psnr(x, x)
+            _checked(math.nan, x, x)
