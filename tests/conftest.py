@@ -6,6 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster import (  # noqa: F401 - session fixtures for every test folder
+    cluster,
+    inference_stub,
+    metrics_stub,
+    scorer_stub,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "pirm2018"
 

@@ -45,6 +45,9 @@ class EngineSettings:
     default_device: str = "cpu"
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT
+    # What a worker (all its loaded models, any input) may allocate: 0 = four times the model
+    # memory limit, room for quality images larger than HD.
+    worker_memory_limit_bytes: int = 0
     repository: Path | None = None
     node: str = field(default_factory=socket.gethostname)
 
@@ -319,8 +322,9 @@ class Engine:
             return tuple(self._sources[name] for name in names)
 
     def _worker_settings(self, device: str) -> WorkerSettings:
+        cap = self.settings.worker_memory_limit_bytes or 4 * self.settings.memory_limit_bytes
         return WorkerSettings(device, self.settings.intra_op_threads,
-                              self.settings.inter_op_threads)
+                              self.settings.inter_op_threads, cap)
 
     def _worker(self, device: str) -> Worker:
         with self._lock:

@@ -50,12 +50,12 @@ class LoadedModel:
         except tf.errors.ResourceExhaustedError as error:
             raise MemoryLimitExceeded(
                 f"model {self.spec.name!r} exceeds the memory limit on an input of shape "
-                f"{image.shape}: {_first_line(error)}"
+                f"{image.shape}: {_error_summary(error)}"
             ) from error
         except tf.errors.OpError as error:
             raise InvalidArgument(
                 f"model {self.spec.name!r} failed on an input of shape {image.shape}: "
-                f"{_first_line(error)}"
+                f"{_error_summary(error)}"
             ) from error
         output = np.asarray(output)
         if output.shape != image.shape:
@@ -142,5 +142,18 @@ def peak_resident_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _first_line(error: tf.errors.OpError) -> str:
-    return str(error.message).strip().splitlines()[0]
+def _error_summary(error: tf.errors.OpError) -> str:
+    """What went wrong, from TensorFlow's message without its Python stack traces: the
+    failing node and the error itself (its first line alone is often just "Graph execution
+    error:")."""
+    kept = []
+    for line in str(error.message).splitlines():
+        text = line.strip()
+        if text.startswith("Original stack trace"):
+            break
+        if (not text or text.startswith(("File ", "Graph execution error", "Detected at node"))
+                or text.endswith("(most recent call last):")):
+            continue
+        kept.append(text)
+    summary = " ".join(kept) or str(error.message).strip()
+    return summary if len(summary) <= 400 else summary[:400] + " ..."

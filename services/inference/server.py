@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> None:
         "--memory-limit-mb", type=int, default=env_default("PIRM_MEMORY_LIMIT_MB", 3584, int),
         help="peak memory a model may use on an HD image, in MiB (env PIRM_MEMORY_LIMIT_MB)",
     )
+    parser.add_argument(
+        "--worker-memory-limit-mb", type=int,
+        default=env_default("PIRM_WORKER_MEMORY_LIMIT_MB", 0, int),
+        help="memory a TensorFlow worker may add for its models and inputs, in MiB; beyond it "
+             "an allocation fails (default: 4x --memory-limit-mb; env PIRM_WORKER_MEMORY_LIMIT_MB)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     settings = EngineSettings(
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         default_device=args.device,
         max_model_bytes=args.max_model_mb * MIB,
         memory_limit_bytes=args.memory_limit_mb * MIB,
+        worker_memory_limit_bytes=args.worker_memory_limit_mb * MIB,
         repository=args.repository,
         node=env_default("PIRM_NODE_NAME", EngineSettings().node),
     )

@@ -49,6 +49,10 @@ class WorkerSettings:
     device: str
     intra_op_threads: int
     inter_op_threads: int
+    # Heap the worker may add once TensorFlow is up (0: no cap). The memory limit of a model is
+    # measured on an HD image by the probe; this cap is looser (quality images are larger) but
+    # keeps a hostile graph from exhausting the node: its allocation fails inside TensorFlow.
+    data_limit_bytes: int = 0
 
 
 def _serve(conn: Connection, settings: WorkerSettings) -> None:
@@ -62,6 +66,8 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
     except errors.PirmError as error:
         conn.send(("error", (type(error).__name__, str(error))))
         return
+    if settings.data_limit_bytes:
+        _cap_data_segment(settings.data_limit_bytes)
     conn.send(("ok", None))
     while True:
         try:
@@ -200,9 +206,7 @@ def _probe_memory(conn: Connection, settings: WorkerSettings, model: ModelSource
     runtime = ModelRuntime(settings.device, settings.intra_op_threads, settings.inter_op_threads)
     before = resident_bytes()
     # Allocations beyond the limit fail inside TensorFlow instead of exhausting the node.
-    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    data_now = _data_segment_bytes()
-    resource.setrlimit(resource.RLIMIT_DATA, (data_now + limit_bytes + limit_bytes // 4, hard))
+    _cap_data_segment(limit_bytes + limit_bytes // 4)
     status, value = _call(runtime, "load", model.load_args())
     if status == "ok":
         status, value = _call(runtime, "run", (model.name, image))
@@ -214,6 +218,12 @@ def _probe_memory(conn: Connection, settings: WorkerSettings, model: ModelSource
         conn.send(("ok", (0, runtime.gpu_peak_bytes())))
         return
     conn.send(("ok", (before, peak_resident_bytes())))
+
+
+def _cap_data_segment(extra_bytes: int) -> None:
+    """RLIMIT_DATA at the current data segment plus `extra_bytes` (heap and anonymous mmaps)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (_data_segment_bytes() + extra_bytes, hard))
 
 
 def _data_segment_bytes() -> int:
