@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class ScorerConfig:
     concurrency: int = 1
     metrics_in_flight: int = 2
     limits: QueueLimits = field(default_factory=QueueLimits)
+    data_roots: tuple[Path, ...] = ()  # datasets must lie inside one; () = anywhere
     timing_mode: str = "interleaved"
     kappa: float = KAPPA
     mos_ref: dict[Track, float] = field(default_factory=dict)
@@ -72,7 +74,8 @@ def create_server(address: str, config: ScorerConfig, workers: int = 16) -> Runn
         metrics_in_flight=config.metrics_in_flight,
     )
     runner = JobRunner(store, inference, metrics, settings, config.concurrency)
-    servicer = ScorerServicer(store, runner, inference, config.max_model_bytes, config.limits)
+    servicer = ScorerServicer(store, runner, inference, config.max_model_bytes, config.limits,
+                              config.data_roots)
     binding = ServiceBinding(SERVICE_NAME, scorer_pb2_grpc.add_ScorerServiceServicer_to_server,
                              servicer)
     running = create_grpc_server(address, [binding], config.max_message_mb, workers)
@@ -137,6 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-jobs-per-team", type=int,
                         default=env("PIRM_MAX_JOBS_PER_TEAM", limits.max_active_per_team, int),
                         help="queued + running jobs of one team (env PIRM_MAX_JOBS_PER_TEAM)")
+    parser.add_argument("--data-root", type=Path, action="append",
+                        default=[Path(p) for p in env("PIRM_DATA_ROOTS", "").split(os.pathsep)
+                                 if p],
+                        help="a folder datasets must lie in (repeatable; env PIRM_DATA_ROOTS, "
+                             "separated by ':'); none: any folder of this host")
     parser.add_argument("--kappa", type=float, default=env("PIRM_KAPPA", KAPPA, float))
     parser.add_argument("--mos-ref-a", type=float, default=env("PIRM_MOS_REF_A", None, float))
     parser.add_argument("--mos-ref-b", type=float, default=env("PIRM_MOS_REF_B", None, float))
@@ -162,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                  if v is not None},
         max_model_bytes=args.max_model_mb * MIB,
         max_message_mb=args.max_message_mb,
+        data_roots=tuple(args.data_root),
     )
     stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
     running = create_server(f"{args.host}:{args.port}", config, args.workers)

@@ -11,7 +11,7 @@ import grpc
 from pirm.v1 import scorer_pb2, scorer_pb2_grpc
 
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from services.common.limits import check_model_size
+from services.common.limits import check_model_size, confined_path
 from services.scorer.evaluation import InferenceBackend, rescored
 from services.scorer.jobs import JobSpec, JobState
 from services.scorer.leaderboard import leaderboard
@@ -38,12 +38,14 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     def __init__(
         self, store: JobStore, runner: JobRunner, inference: InferenceBackend,
         max_model_bytes: int, limits: QueueLimits | None = None,
+        data_roots: tuple[Path, ...] = (),
     ) -> None:
         self.store = store
         self.runner = runner
         self.inference = inference
         self.max_model_bytes = max_model_bytes
         self.limits = limits or QueueLimits()
+        self.data_roots = data_roots
 
     def SubmitJob(
         self, request: scorer_pb2.SubmitJobRequest, context: grpc.ServicerContext
@@ -136,7 +138,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             )
         if not request.dataset:
             raise InvalidArgument("give the dataset folder (challenge layout) to evaluate on")
-        dataset = Path(request.dataset)
+        dataset = confined_path(request.dataset, self.data_roots)
         quality_items(track, dataset)  # refuse a malformed dataset now, not after queueing
         timing_image_path(dataset)
         source = request.WhichOneof("model")
