@@ -21,6 +21,8 @@ from services.scorer.scoring import Track
 
 SCALE = 4  # track A: x4 super-resolution
 BORDER = 16  # track A: pixels cropped from each side before measuring
+# Largest image a dataset may hold: 4x a DIV2K original, far below what would strain a node.
+MAX_IMAGE_PIXELS = 12_000_000
 
 QUALITY_OPTIONS = {
     # Track A: both images clipped, tf.image.ssim_multiscale's definition.
@@ -121,11 +123,18 @@ def to_model_input(image: np.ndarray) -> np.ndarray:
     return (image.astype(np.float32) / np.float32(255.0))[np.newaxis]
 
 
-def read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An 8-bit RGB image; its size is checked from the header before anything is decoded, so
+    that a small file that expands to gigabytes (a decompression bomb) is refused cheaply."""
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InvalidArgument(
+                    f"image {path.name} is {width}x{height} = {width * height:,} pixels; the "
+                    f"limit is {max_pixels:,} (the challenge's images are at most 2040x1356)")
             return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise InvalidArgument(f"cannot read image {path}: {error}") from error
 
 
