@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from inference import open_inference_pb2 as oip
+from inference import open_inference_pb2_grpc as oip_grpc
 from pirm.v1 import scorer_pb2, scorer_pb2_grpc
+
+from services.common.server import open_channel
 
 FINAL_STATES = (scorer_pb2.JOB_STATE_SUCCEEDED, scorer_pb2.JOB_STATE_FAILED,
                 scorer_pb2.JOB_STATE_CANCELLED)
@@ -38,6 +42,15 @@ def slow_graph() -> bytes:
         tf.identity(x + 0.01 * tf.tanh(y), name="output")  # type: ignore[attr-defined]
 
     return graph_bytes(build)
+
+
+def inferences_of(target: str, model: str) -> int:
+    """How many requests the inference service at `target` ran for `model` (Triton's
+    statistics extension of the Open Inference Protocol)."""
+    with open_channel(target, 64) as channel:
+        stats = oip_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+            oip.ModelStatisticsRequest(name=model), timeout=10)
+    return sum(s.inference_count for s in stats.model_stats)
 
 
 def wait_job(stub: scorer_pb2_grpc.ScorerServiceStub, job_id: str,

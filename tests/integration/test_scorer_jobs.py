@@ -12,8 +12,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from inference import open_inference_pb2 as oip
-from inference import open_inference_pb2_grpc as oip_grpc
 from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 
 from services.cli.cluster import free_port
@@ -28,7 +26,7 @@ from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from services.scorer.store import QueueLimits
 from tests.integration.conftest import TEST_TIMING, Cluster
-from tests.integration.helpers import graph_bytes, slow_graph, wait_job
+from tests.integration.helpers import graph_bytes, inferences_of, slow_graph, wait_job
 
 Stub = scorer_pb2_grpc.ScorerServiceStub
 InferenceStub = inference_pb2_grpc.InferenceServiceStub
@@ -190,13 +188,6 @@ def pooled(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     channel.close()
     for running in (scorer, second_metrics, second_inference):
         running.stop(grace=1.0)
-
-
-def inferences_of(target: str, model: str) -> int:
-    with open_channel(target, 64) as channel:
-        stats = oip_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
-            oip.ModelStatisticsRequest(name=model), timeout=10)
-    return sum(s.inference_count for s in stats.model_stats)
 
 
 def test_several_endpoints_share_a_job(pooled: Pooled, patches: Path) -> None:

@@ -10,27 +10,17 @@ import sqlite3
 import time
 from pathlib import Path
 
-from inference import open_inference_pb2 as oip
-from inference import open_inference_pb2_grpc as oip_grpc
 from pirm.v1 import scorer_pb2
 
 from services.cli.cluster import SERVICES, LocalCluster, free_port, wait_serving
 from services.client import ScorerClient
-from services.common.server import open_channel
 from services.scorer.samples import make_sample_dataset
 from services.scorer.scoring import Track
-from tests.integration.helpers import slow_graph
+from tests.integration.helpers import inferences_of, slow_graph
 
 KILL_AFTER_IMAGES = 8  # stored before the kill; more than the pipeline can hold unstored
 IN_FLIGHT_BOUND = 6  # inferred but not yet stored: 1 inferring + 2 queued + 2 scoring + 1 queued
 WAIT_S = 600.0
-
-
-def inferences_of(target: str, model: str) -> int:
-    with open_channel(target, 64) as channel:
-        stats = oip_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
-            oip.ModelStatisticsRequest(name=model), timeout=10)
-    return sum(s.inference_count for s in stats.model_stats)
 
 
 def wait_for(condition: object, what: str) -> None:
