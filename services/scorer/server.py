@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
                         default=env("PIRM_MAX_QUEUED_JOBS", limits.max_queued, int),
                         help="jobs waiting, all teams together, beyond which submissions get "
                              "RESOURCE_EXHAUSTED (env PIRM_MAX_QUEUED_JOBS)")
+    parser.add_argument("--max-images-per-job", type=int,
+                        default=env("PIRM_MAX_IMAGES_PER_JOB", limits.max_images_per_job, int),
+                        help="images a dataset may hold (env PIRM_MAX_IMAGES_PER_JOB)")
     parser.add_argument("--max-jobs-per-team", type=int,
                         default=env("PIRM_MAX_JOBS_PER_TEAM", limits.max_active_per_team, int),
                         help="queued + running jobs of one team (env PIRM_MAX_JOBS_PER_TEAM)")
@@ -164,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         concurrency=args.concurrency,
         metrics_in_flight=args.metrics_in_flight,
         limits=QueueLimits(max_queued=args.max_queued_jobs,
-                           max_active_per_team=args.max_jobs_per_team),
+                           max_active_per_team=args.max_jobs_per_team,
+                           max_images_per_job=args.max_images_per_job),
         kappa=args.kappa,
         mos_ref={t: v for t, v in ((Track.A, args.mos_ref_a), (Track.B, args.mos_ref_b))
                  if v is not None},

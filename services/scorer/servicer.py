@@ -139,7 +139,11 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         if not request.dataset:
             raise InvalidArgument("give the dataset folder (challenge layout) to evaluate on")
         dataset = confined_path(request.dataset, self.data_roots)
-        quality_items(track, dataset)  # refuse a malformed dataset now, not after queueing
+        images = len(quality_items(track, dataset))  # a malformed dataset: refused now
+        if images > self.limits.max_images_per_job:
+            raise InvalidArgument(
+                f"dataset {request.dataset} has {images} images; a job may have at most "
+                f"{self.limits.max_images_per_job} (split it into several jobs)")
         timing_image_path(dataset)
         source = request.WhichOneof("model")
         if source == "graph_def":

@@ -67,6 +67,7 @@ class QueueLimits:
     max_queued: int = 1000  # jobs waiting, all teams together
     max_active_per_team: int = 20  # queued + running jobs of one team
     retry_after_s: float = 60.0
+    max_images_per_job: int = 10_000  # the challenge's sets: 100 DIV2K images, 350 DPED patches
 
 
 class JobStore:

@@ -180,7 +180,8 @@ def pooled(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         metrics=f"{dead_metrics},{cluster.target(cluster.metrics)},"
                 f"127.0.0.1:{second_metrics.port}",
         store=state / "scorer.db", state_dir=state, timing=TEST_TIMING,
-        limits=QueueLimits(max_queued=10, max_active_per_team=1, retry_after_s=7),
+        limits=QueueLimits(max_queued=10, max_active_per_team=1, retry_after_s=7,
+                           max_images_per_job=100),
     )
     scorer = create_scorer("127.0.0.1:0", config)
     channel = open_channel(f"127.0.0.1:{scorer.port}", 64)
@@ -217,3 +218,14 @@ def test_admission_limit_per_team_with_retry_hint(pooled: Pooled, patches: Path)
     assert admitted.state == scorer_pb2.JOB_STATE_QUEUED
     for job_id in (other.job_id, admitted.job_id):
         pooled.stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=job_id))
+
+
+def test_datasets_over_the_image_limit_are_refused(pooled: Pooled,
+                                                   tmp_path_factory: pytest.TempPathFactory
+                                                   ) -> None:
+    big = make_sample_dataset(tmp_path_factory.mktemp("big"), Track.B, patches_per_photo=30)
+    assert len(list((big / "patches" / "iphone").iterdir())) > 100
+    with pytest.raises(grpc.RpcError) as refused:
+        submit(pooled.stub, big, srcnn_graph_def(), team="big")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 100" in (refused.value.details() or "")

@@ -179,8 +179,9 @@ def test_measure_runs_until_min_seconds() -> None:
     run = Sleeper(sleep_s)
     t = measure(run, TimingOptions(warmup_runs=2, min_runs=3, min_seconds=min_seconds,
                                    max_runs=1000))
-    assert run.calls == 2 + t.runs
-    assert t.warmup_runs == 2
+    # Warm-up goes on while runs still get faster, which a loaded machine can make happen.
+    assert t.warmup_runs >= 2
+    assert run.calls == t.warmup_runs + t.runs
     assert t.runs >= 3
     total_ms = t.mean_ms * t.runs
     assert total_ms >= min_seconds * 1e3 * (1 - 1e-12)
@@ -195,7 +196,7 @@ def test_measure_min_runs_when_min_seconds_is_zero() -> None:
     run = Sleeper(0.001)
     t = measure(run, TimingOptions(warmup_runs=1, min_runs=7, min_seconds=0.0, max_runs=50))
     assert t.runs == 7
-    assert run.calls == 8
+    assert t.warmup_runs >= 1 and run.calls == t.warmup_runs + 7
 
 
 def test_measure_min_runs_even_when_min_seconds_is_reached() -> None:
@@ -210,7 +211,7 @@ def test_measure_respects_max_runs() -> None:
     run = Sleeper(0.001)
     t = measure(run, TimingOptions(warmup_runs=3, min_runs=2, min_seconds=60.0, max_runs=5))
     assert t.runs == 5
-    assert run.calls == 3 + 5
+    assert t.warmup_runs >= 3 and run.calls == t.warmup_runs + 5
 
 
 def test_measure_times_in_milliseconds() -> None:
