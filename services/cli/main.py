@@ -416,13 +416,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
         return 2
     from services.cli.cluster import is_serving
 
-    code = 0 if outcome == "Complete" else 1
-    if not is_serving(spec.scorer):
+    # After failed shards the jobs still wait for images: only a complete batch is awaited.
+    if outcome != "Complete" or not is_serving(spec.scorer):
         print(f"job {spec.name}: {outcome}. Results are on the scorer's leaderboard: "
               f"pirm leaderboard --track {spec.track}")
-        return code
+        return 0 if outcome == "Complete" else 1
     print(f"job {spec.name}: {outcome}. The scorer times and scores each model:", flush=True)
-    return max(code, _print_batch_results(spec.scorer, spec.track, spec.name))
+    return _print_batch_results(spec.scorer, spec.track, spec.name)
 
 
 def _batch_local(args: argparse.Namespace, batch_id: str) -> int:
