@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
 from services.common.config import DEFAULT_MAX_MESSAGE_MB
 from services.common.server import open_channel
+from services.metrics.quality import PairQuality
 from services.scorer.leaderboard import EntryPolicy
 from services.scorer.scoring import Phase, Track
 from services.scorer.wire import (
@@ -49,7 +50,10 @@ class ScorerClient:
         team: str = "",
         model_name: str = "",
         request_id: str = "",
+        sharded: bool = False,
     ) -> scorer_pb2.Job:
+        """A new job, or the job already submitted with this team and request id. A sharded
+        job is measured by batch shards (report_image_results), then timed and scored."""
         graph_def = model.read_bytes() if isinstance(model, Path) else model
         request = scorer_pb2.SubmitJobRequest(
             track=TRACK_MESSAGES[Track(track)],
@@ -59,6 +63,7 @@ class ScorerClient:
             dataset=str(Path(dataset).resolve()),
             team=team,
             request_id=request_id,
+            sharded=sharded,
         )
         if mos is not None:
             request.mos = mos
@@ -86,6 +91,15 @@ class ScorerClient:
         """Gives a finished final-phase job its MOS; the job comes back rescored."""
         return self._stub.SetMos(scorer_pb2.SetMosRequest(job_id=job_id, mos=mos),
                                  timeout=self._deadline)
+
+    def report_image_results(self, job_id: str,
+                             results: Mapping[str, PairQuality]) -> scorer_pb2.Job:
+        """A batch shard's figures for images of a sharded job, by image file name; an image
+        already stored keeps its first figures."""
+        request = scorer_pb2.ReportImageResultsRequest(job_id=job_id, results=[
+            scorer_pb2.ImageResult(image=image, psnr=q.psnr, msssim=q.msssim)
+            for image, q in results.items()])
+        return self._stub.ReportImageResults(request, timeout=self._deadline)
 
     def jobs(self, team: str = "", track: Track | str | None = None) -> list[scorer_pb2.Job]:
         request = scorer_pb2.ListJobsRequest(

@@ -12,6 +12,8 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from services.batch.shard import shard_arguments
+
 # Where the data volume (datasets and submitted models) is mounted, as in the scorer's pod, so
 # that a dataset path means the same thing to a shard and to the scorer.
 DATA_MOUNT = PurePosixPath("/data")
@@ -49,13 +51,11 @@ def on_data_volume(path: str) -> str:
 
 
 def shard_args(spec: BatchSpec) -> list[str]:
-    """The container's arguments (the image's entrypoint is `pirm`)."""
+    """The container's arguments (the image's entrypoint is `pirm`). The Job's name is the
+    batch id: the shards' jobs are the same, and another run of `pirm batch` makes new ones."""
     models = ",".join(on_data_volume(p) for p in spec.models.split(",") if p)
-    return [
-        "shard", "--index", SHARD_INDEX, "--shards", str(spec.shards),
-        "--track", spec.track, "--models", models, "--data", on_data_volume(spec.data),
-        "--scorer", spec.scorer,
-    ]
+    return shard_arguments(SHARD_INDEX, spec.shards, spec.track, models,
+                           on_data_volume(spec.data), spec.scorer, batch_id=spec.name)
 
 
 def build_job(spec: BatchSpec) -> client.V1Job:

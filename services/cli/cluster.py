@@ -66,6 +66,15 @@ def wait_serving(target: str, timeout_s: float = 120.0) -> None:
             time.sleep(0.2)
 
 
+def is_serving(target: str, timeout_s: float = 3.0) -> bool:
+    """Whether a server at `target` reports SERVING within `timeout_s`."""
+    try:
+        wait_serving(target, timeout_s)
+    except TimeoutError:
+        return False
+    return True
+
+
 @dataclass
 class LocalCluster:
     ports: dict[str, int] = field(default_factory=lambda: configured_ports())

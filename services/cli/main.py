@@ -16,6 +16,11 @@ from services.common.logs import setup_logging
 from services.scorer.scoring import Phase, ScoreInputs, Track, compute_scores
 
 SCORER = "PIRM_SCORER_TARGET"
+INFERENCE = "PIRM_INFERENCE_TARGET"
+METRICS = "PIRM_METRICS_TARGET"
+# The Services of deploy/k8s, as batch pods reach them (dns:///: every pod of a headless one).
+IN_CLUSTER = {"scorer": "scorer:50053", "inference": "dns:///inference:50051",
+              "metrics": "dns:///metrics:50052"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,12 +127,46 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--image", default="pirm-eval:0.1.0", help="the shards' image")
     batch.add_argument("--data-claim", default="pirm-data",
                        help="PersistentVolumeClaim of the data volume, mounted read-only")
-    batch.add_argument("--scorer", default="scorer:50053",
-                       help="scorer host:port as the Job's pods reach it")
+    batch.add_argument("--scorer",
+                       help=f"scorer host:port as the Job's pods reach it (default "
+                            f"{IN_CLUSTER['scorer']}); with --local, a running scorer (default: "
+                            f"${SCORER} or 127.0.0.1:50053 if serving, else the services are "
+                            "started for the run)")
     batch.add_argument("--kubeconfig", help="cluster credentials (default: as kubectl)")
     batch.add_argument("--dry-run", action="store_true",
                        help="print the Job's manifest instead of creating it")
+    batch.add_argument("--local", type=_positive_int, metavar="N",
+                       help="no Kubernetes: run the shards as N local processes (paths are local)")
+    batch.add_argument("--inference", default=env_default(INFERENCE, "127.0.0.1:50051"),
+                       help=f"with --local and a running scorer: its inference endpoints (env "
+                            f"{INFERENCE})")
+    batch.add_argument("--metrics", default=env_default(METRICS, "127.0.0.1:50052"),
+                       help=f"with --local and a running scorer: its metrics endpoints (env "
+                            f"{METRICS})")
     batch.set_defaults(run=cmd_batch)
+
+    shard = commands.add_parser(
+        "shard", help="evaluate shard i of a batch's (models x images) and report it (what "
+                      "each pod of `pirm batch` runs)")
+    shard.add_argument("--index", type=int, required=True,
+                       help="this shard, 0..shards-1 (a Job pod's JOB_COMPLETION_INDEX)")
+    shard.add_argument("--shards", type=_positive_int, required=True)
+    _track(shard)
+    shard.add_argument("--models", required=True,
+                       help="a folder of .pb files or a comma-separated list")
+    shard.add_argument("--data", type=Path, required=True,
+                       help="the dataset folder, at the same path as the scorer sees it")
+    shard.add_argument("--scorer", default=env_default(SCORER, "127.0.0.1:50053"),
+                       help=f"scorer host:port (env {SCORER})")
+    shard.add_argument("--inference", default=env_default(INFERENCE, IN_CLUSTER["inference"]),
+                       help=f"inference endpoints, as the scorer's (env {INFERENCE})")
+    shard.add_argument("--metrics", default=env_default(METRICS, IN_CLUSTER["metrics"]),
+                       help=f"metrics endpoints, as the scorer's (env {METRICS})")
+    shard.add_argument("--batch-id", default="",
+                       help="the batch (every shard of it gives the same); default: derived from "
+                            "the track, the dataset and the models")
+    shard.add_argument("--team", default="", help="default: each model's file name without .pb")
+    shard.set_defaults(run=cmd_shard)
 
     demo = commands.add_parser(
         "demo", help="start the cluster, evaluate the baselines of both tracks, print leaderboards"
@@ -153,6 +192,10 @@ def _scorer_and_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scorer", default=env_default(SCORER, "127.0.0.1:50053"),
                         help=f"scorer host:port (env {SCORER})")
     parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
 def _print_json(value: Any) -> None:
@@ -344,10 +387,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from services.batch import api
     from services.batch.job import BatchSpec, batch_job_name, build_job, manifest_yaml
 
+    if args.local:
+        return _batch_local(args, batch_job_name(args.track))
     spec = BatchSpec(
         name=batch_job_name(args.track), track=args.track, models=args.models, data=args.data,
         shards=args.shards, namespace=args.namespace, image=args.image,
-        data_claim=args.data_claim, scorer=args.scorer,
+        data_claim=args.data_claim, scorer=args.scorer or IN_CLUSTER["scorer"],
     )
     job = build_job(spec)
     if args.dry_run:
@@ -370,9 +415,71 @@ def cmd_batch(args: argparse.Namespace) -> int:
     except ApiException as error:
         print(f"pirm: Kubernetes API: {api.error_message(error)}", file=sys.stderr)
         return 2
-    print(f"job {spec.name}: {outcome}. Results are on the scorer's leaderboard: "
-          f"pirm leaderboard --track {spec.track}")
-    return 0 if outcome == "Complete" else 1
+    from services.cli.cluster import is_serving
+
+    # After failed shards the jobs still wait for images: only a complete batch is awaited.
+    if outcome != "Complete" or not is_serving(spec.scorer):
+        print(f"job {spec.name}: {outcome}. Results are on the scorer's leaderboard: "
+              f"pirm leaderboard --track {spec.track}")
+        return 0 if outcome == "Complete" else 1
+    print(f"job {spec.name}: {outcome}. The scorer times and scores each model:", flush=True)
+    return _print_batch_results(spec.scorer, spec.track, spec.name)
+
+
+def _batch_local(args: argparse.Namespace, batch_id: str) -> int:
+    from services.batch.local import LocalBatch, batch_services, run_shards
+    from services.common.errors import PirmError
+
+    batch = LocalBatch(batch_id=batch_id, track=args.track, models=args.models, data=args.data,
+                       processes=args.local, scorer=args.scorer, inference=args.inference,
+                       metrics=args.metrics)
+    try:
+        with batch_services(batch, _say) as targets:
+            _say(f"batch {batch_id}: {batch.processes} local shards, scorer {targets.scorer}")
+            if not run_shards(batch, targets, _say):
+                _say(f"The jobs wait for the failed shards' images: run those again with "
+                     f"pirm shard ... --batch-id {batch_id}")
+                return 1
+            return _print_batch_results(targets.scorer, args.track, batch_id)
+    except PirmError as error:
+        print(f"pirm: {error}", file=sys.stderr)
+        return 2
+
+
+def _print_batch_results(scorer: str, track: str, batch_id: str) -> int:
+    """Each of the batch's jobs once finished, then the track's leaderboard; 1 if a job did not
+    succeed."""
+    from services.batch.shard import finished_batch_jobs
+    from services.client import ScorerClient, job_summary, leaderboard_rows
+
+    with ScorerClient(scorer) as client:
+        summaries = [job_summary(job) for job in finished_batch_jobs(client, batch_id)]
+        rows = leaderboard_rows(client.leaderboard(track, by="a"))
+    for summary in summaries:
+        _print_job(summary)
+    print(leaderboard_table(track, "a", rows))
+    return 0 if summaries and all(s["state"] == "SUCCEEDED" for s in summaries) else 1
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from services.batch.shard import ShardSpec, run_shard
+    from services.common.errors import PirmError
+
+    setup_logging()
+    spec = ShardSpec(index=args.index, shards=args.shards, track=Track(args.track),
+                     models=args.models, data=args.data, scorer=args.scorer,
+                     inference=args.inference, metrics=args.metrics, batch_id=args.batch_id,
+                     team=args.team)
+    try:
+        report = run_shard(spec)
+    except PirmError as error:
+        print(f"pirm shard: {error}", file=sys.stderr)
+        return 2
+    skipped = f"; jobs no longer waiting: {', '.join(report.skipped_jobs)}" \
+        if report.skipped_jobs else ""
+    print(f"shard {spec.index}/{spec.shards}: {report.reported} of {report.pairs} (model, image) "
+          f"pairs measured and reported{skipped}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

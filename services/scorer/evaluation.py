@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from services.common.errors import Cancelled, FailedPrecondition, InvalidArgument
+from services.common.errors import Cancelled, FailedPrecondition
 from services.inference.timing import DeviceTiming, RuntimeComparison, TimingOptions
 from services.metrics.quality import PairQuality, QualityOptions
 from services.scorer.jobs import Job, JobResult, JobSpec
@@ -24,6 +24,7 @@ from services.scorer.pipeline import Stage, StageClock, run_pipeline
 from services.scorer.protocol import (
     QUALITY_OPTIONS,
     QualityItem,
+    check_defined,
     prepare_quality_pair,
     quality_items,
     timing_input,
@@ -206,12 +207,7 @@ class Evaluation:
         def store(work: tuple[QualityItem, PairQuality]) -> None:
             nonlocal finished
             item, quality = work
-            if math.isnan(quality.msssim):
-                raise InvalidArgument(
-                    f"image {item.name}: MS-SSIM is undefined (NaN): the output is "
-                    "anti-correlated with the target at some scale, where the challenge's "
-                    f"{options.flavor.value} MS-SSIM has no value; check the model's output range "
-                    "and colour order")
+            check_defined(track, item.name, quality)
             self.store.put_image_result(self.job.job_id, item.name, quality.psnr,
                                         quality.msssim)
             image_evaluated(track)

@@ -12,6 +12,15 @@ from typing import Any
 from services.inference.timing import DeviceTiming, Timing
 from services.scorer.scoring import Phase, ScoreConstants, Scores, Track
 
+# The progress stage of a sharded job until every image has been reported.
+SHARDS_STAGE = "shards"
+
+
+def inference_model_name(model_sha256: str) -> str:
+    """A model's name on the inference service: by content, so that the same bytes submitted
+    twice, or loaded by the scorer and by batch shards, are loaded once."""
+    return f"sha256-{model_sha256[:16]}"
+
 
 class JobState(StrEnum):
     QUEUED = "QUEUED"
@@ -40,12 +49,11 @@ class JobSpec:
     input_tensor: str = ""
     output_tensor: str = ""
     repository_model: str = ""  # "name/version" in the inference repository, instead of bytes
+    sharded: bool = False  # its quality stage is done by batch shards, which report each image
 
     @property
     def inference_name(self) -> str:
-        """The model's name on the inference service: by content, so that the same bytes
-        submitted twice are loaded once."""
-        return f"sha256-{self.model_sha256[:16]}"
+        return inference_model_name(self.model_sha256)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ A dataset folder has the challenge repository's layout:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from services.common.errors import InvalidArgument
-from services.metrics.quality import Flavor, QualityOptions
+from services.metrics.quality import Flavor, PairQuality, QualityOptions
 from services.scorer.scoring import Track
 
 SCALE = 4  # track A: x4 super-resolution
@@ -71,6 +72,18 @@ def quality_items(track: Track, dataset: Path) -> list[QualityItem]:
         QualityItem(name=name, target=targets_by_name[name], source=sources[name])
         for name in sorted(sources, key=_natural_key)
     ]
+
+
+def check_defined(track: Track, name: str, quality: PairQuality) -> None:
+    """An image's figures must have values to enter a mean: InvalidArgument saying why not."""
+    if math.isnan(quality.msssim):
+        raise InvalidArgument(
+            f"image {name}: MS-SSIM is undefined (NaN): the output is anti-correlated with the "
+            f"target at some scale, where the challenge's {QUALITY_OPTIONS[track].flavor.value} "
+            "MS-SSIM has no value; check the model's output range and colour order")
+    if math.isnan(quality.psnr):
+        raise InvalidArgument(f"image {name}: PSNR is NaN; only numbers (or inf for an exact "
+                              "output) can be averaged")
 
 
 def timing_image_path(dataset: Path) -> Path:

@@ -12,6 +12,7 @@ from pirm.v1 import scorer_pb2, scorer_pb2_grpc
 
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.limits import check_model_size, confined_path
+from services.metrics.quality import PairQuality
 from services.scorer.evaluation import InferenceBackend, rescored
 from services.scorer.jobs import JobSpec, JobState
 from services.scorer.leaderboard import leaderboard
@@ -19,6 +20,7 @@ from services.scorer.protocol import quality_items, timing_image_path
 from services.scorer.runner import JobRunner
 from services.scorer.scoring import TRACKS as TRACK_CONSTANTS
 from services.scorer.scoring import Phase
+from services.scorer.shards import record_image_results
 from services.scorer.store import JobStore, QueueLimits
 from services.scorer.telemetry import job_submitted
 from services.scorer.wire import (
@@ -50,12 +52,19 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     def SubmitJob(
         self, request: scorer_pb2.SubmitJobRequest, context: grpc.ServicerContext
     ) -> scorer_pb2.Job:
-        spec, model = self._job_spec(request)
+        spec, model, images = self._job_spec(request)
         self._validate_model(spec, model)
-        job, created = self.store.create_job(spec, model, self.limits)
+        job, created = self.store.create_job(spec, model, self.limits, images_total=images)
         if created:
             job_submitted(spec.track)
         self.runner.notify()
+        return job_message(job)
+
+    def ReportImageResults(self, request: scorer_pb2.ReportImageResultsRequest,
+                           context: grpc.ServicerContext) -> scorer_pb2.Job:
+        results = {r.image: PairQuality(psnr=r.psnr, msssim=r.msssim) for r in request.results}
+        job = record_image_results(self.store, request.job_id, results)
+        self.runner.notify()  # watchers see the progress; a complete job can now be claimed
         return job_message(job)
 
     def CancelJob(self, request: scorer_pb2.CancelJobRequest, context: grpc.ServicerContext
@@ -119,7 +128,9 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             entries=[leaderboard_entry_message(entry) for entry in entries],
         )
 
-    def _job_spec(self, request: scorer_pb2.SubmitJobRequest) -> tuple[JobSpec, bytes | None]:
+    def _job_spec(self, request: scorer_pb2.SubmitJobRequest
+                  ) -> tuple[JobSpec, bytes | None, int]:
+        """The job, its model's bytes (none for a repository model) and its image count."""
         track = track_of(request.track)
         phase = PHASES.get(request.phase)
         if phase is None:
@@ -160,9 +171,9 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             track=track, phase=phase, dataset=str(dataset.resolve()), model_sha256=sha256,
             model_name=request.model_name, team=request.team, request_id=request.request_id,
             mos=mos, input_tensor=request.input_tensor, output_tensor=request.output_tensor,
-            repository_model=repository_model,
+            repository_model=repository_model, sharded=request.sharded,
         )
-        return spec, model
+        return spec, model, images
 
     def _validate_model(self, spec: JobSpec, model: bytes | None) -> None:
         """Loading vets the graph (parse, op allowlist, tensor names) so that a bad file is

@@ -1,7 +1,8 @@
 """Durable jobs, model bytes and per-image results in SQLite (WAL), SQL only through parameters.
 
 Model bytes are content-addressed by SHA-256 and stored once however often they are submitted.
-Per-image results are kept so that a job interrupted by a restart resumes where it stopped.
+Per-image results are kept so that a job interrupted by a restart resumes where it stopped, and
+so that batch shards can measure a sharded job's images for it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted
-from services.scorer.jobs import Job, JobResult, JobSpec, JobState
+from services.metrics.quality import PairQuality
+from services.scorer.jobs import SHARDS_STAGE, Job, JobResult, JobSpec, JobState
 from services.scorer.scoring import Phase, Track
 
 _SCHEMA = """
@@ -45,7 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     images_done INTEGER NOT NULL DEFAULT 0,
     images_total INTEGER NOT NULL DEFAULT 0,
     stage TEXT NOT NULL DEFAULT '',
-    result TEXT
+    result TEXT,
+    sharded INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_request ON jobs(team, request_id)
     WHERE request_id != '';
@@ -81,6 +84,9 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "sharded" not in columns:  # a store made before sharded jobs existed
+            self._db.execute("ALTER TABLE jobs ADD COLUMN sharded INTEGER NOT NULL DEFAULT 0")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -113,9 +119,10 @@ class JobStore:
     # -- jobs ----------------------------------------------------------------------------
 
     def create_job(self, spec: JobSpec, model: bytes | None,
-                   limits: QueueLimits | None = None) -> tuple[Job, bool]:
+                   limits: QueueLimits | None = None, images_total: int = 0) -> tuple[Job, bool]:
         """Stores a new job (and its model), or returns the job of the same request id (even
-        beyond the limits: it is not a new job). Returns (job, created)."""
+        beyond the limits: it is not a new job). Returns (job, created). A sharded job needs
+        its `images_total`: it waits until that many images have been reported."""
         with self._transaction() as db:
             if spec.request_id:
                 row = db.execute(
@@ -135,11 +142,12 @@ class JobStore:
             db.execute(
                 """INSERT INTO jobs (job_id, request_id, team, track, phase, dataset,
                    model_sha256, model_name, repository_model, mos, input_tensor, output_tensor,
-                   state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   state, created, sharded, images_total, stage)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (job_id, spec.request_id, spec.team, spec.track.value, spec.phase.value,
                  spec.dataset, spec.model_sha256, spec.model_name, spec.repository_model,
                  spec.mos, spec.input_tensor, spec.output_tensor, JobState.QUEUED.value,
-                 time.time()),
+                 time.time(), spec.sharded, images_total, SHARDS_STAGE if spec.sharded else ""),
             )
             row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return _job(row), True
@@ -162,10 +170,14 @@ class JobStore:
         return [_job(row) for row in rows]
 
     def next_queued(self) -> Job | None:
-        """Claims the oldest queued job: it becomes RUNNING in the same transaction."""
+        """Claims the oldest queued job: it becomes RUNNING in the same transaction. A sharded
+        job is claimed only once its shards have reported every image: its quality stage then
+        has nothing left to do, and it is timed and scored like any other."""
         with self._transaction() as db:
             row = db.execute(
-                "SELECT job_id FROM jobs WHERE state = ? ORDER BY created LIMIT 1",
+                "SELECT job_id FROM jobs WHERE state = ? AND (sharded = 0 OR images_total <= "
+                "(SELECT COUNT(*) FROM image_results r WHERE r.job_id = jobs.job_id)) "
+                "ORDER BY created LIMIT 1",
                 (JobState.QUEUED.value,),
             ).fetchone()
             if row is None:
@@ -247,6 +259,36 @@ class JobStore:
                 (job_id, image, psnr, msssim),
             )
 
+    def put_shard_results(self, job_id: str, results: dict[str, PairQuality]) -> Job:
+        """Stores figures reported by batch shards for a job that is not finished, and counts
+        its images done.
+
+        INSERT OR IGNORE, not REPLACE: an image reported twice (a shard retried, or run again)
+        keeps its first figures. A retry measures the same figures anyway, and this way what
+        was counted, and what the timing and scoring stages of a complete job read, never
+        changes under them."""
+        with self._transaction() as db:
+            row = db.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            if JobState(row["state"]).final:
+                raise FailedPrecondition(
+                    f"job {job_id} is {row['state']}: it takes no more results; a shard "
+                    "that reports to it was started after the job had finished or was cancelled")
+            db.executemany(
+                "INSERT OR IGNORE INTO image_results (job_id, image, psnr, msssim) "
+                "VALUES (?, ?, ?, ?)",
+                [(job_id, image, q.psnr, q.msssim) for image, q in results.items()],
+            )
+            # While the job runs (timing, scoring), its evaluation owns the progress.
+            db.execute(
+                "UPDATE jobs SET images_done = (SELECT COUNT(*) FROM image_results r "
+                "WHERE r.job_id = jobs.job_id) WHERE job_id = ? AND state = ?",
+                (job_id, JobState.QUEUED.value),
+            )
+            row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return _job(row)
+
     def image_results(self, job_id: str) -> dict[str, tuple[float, float]]:
         with self._lock:
             rows = self._db.execute(
@@ -286,6 +328,7 @@ def _job(row: sqlite3.Row) -> Job:
         input_tensor=row["input_tensor"],
         output_tensor=row["output_tensor"],
         repository_model=row["repository_model"],
+        sharded=bool(row["sharded"]),
     )
     return Job(
         job_id=row["job_id"],

@@ -75,6 +75,7 @@ def job_message(job: Job) -> scorer_pb2.Job:
         started=_timestamp(job.started),
         finished=_timestamp(job.finished),
         request_id=spec.request_id,
+        sharded=spec.sharded,
     )
     if job.result is not None:
         r = job.result

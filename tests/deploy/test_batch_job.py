@@ -34,7 +34,7 @@ def test_each_pod_evaluates_its_shard_against_the_scorer() -> None:
     assert container["args"] == [
         "shard", "--index", "$(JOB_COMPLETION_INDEX)", "--shards", "6", "--track", "B",
         "--models", "/data/teams/a.pb,/data/teams/b.pb", "--data", "/data/pirm2018/dped",
-        "--scorer", "scorer:50053",
+        "--scorer", "scorer:50053", "--batch-id", "pirm-batch-b-20261125-142501",
     ]
 
 

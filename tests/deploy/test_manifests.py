@@ -13,6 +13,7 @@ import pytest
 from pirm.v1 import inference_pb2, metrics_pb2, scorer_pb2
 
 from services.batch.job import DATA_MOUNT
+from services.batch.job import LABELS as BATCH_LABELS
 from services.common.config import DEFAULT_PORTS, add_server_flags
 from services.scorer.clients import DNS_PREFIX
 from tests.deploy.manifests import (
@@ -181,7 +182,9 @@ def selects(match_labels: dict[str, str], workload: dict[str, Any]) -> bool:
     return match_labels.items() <= labels.items()
 
 
-def test_only_the_scorer_reaches_inference_and_metrics(cluster: list[dict[str, Any]]) -> None:
+def test_only_the_scorer_and_batch_shards_reach_inference_and_metrics(
+    cluster: list[dict[str, Any]],
+) -> None:
     policies = by_kind(cluster, "NetworkPolicy").values()
     assert any(p["spec"]["podSelector"] == {} and "ingress" not in p["spec"] for p in policies)
     for name in ("inference", "metrics"):
@@ -194,8 +197,9 @@ def test_only_the_scorer_reaches_inference_and_metrics(cluster: list[dict[str, A
             ports = {p["port"] for p in rule["ports"]}
             (peer,) = rule["from"]
             if "podSelector" in peer:
-                assert peer["podSelector"] == {
-                    "matchLabels": {"app.kubernetes.io/name": "scorer"}}
+                assert peer["podSelector"]["matchLabels"] in (
+                    {"app.kubernetes.io/name": "scorer"},
+                    {"app.kubernetes.io/name": BATCH_LABELS["app.kubernetes.io/name"]})
                 assert ports == {DEFAULT_PORTS[name]}
             else:  # Prometheus, on the metrics ports only
                 assert peer == {"namespaceSelector": {

@@ -8,16 +8,18 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted
 from services.inference.timing import DeviceTiming, Timing
+from services.metrics.quality import PairQuality
 from services.scorer.jobs import Job, JobResult, JobSpec, JobState
 from services.scorer.leaderboard import Entry, EntryPolicy, leaderboard
 from services.scorer.scoring import Phase, ScoreConstants, Scores, Track
-from services.scorer.store import JobStore, QueueLimits
+from services.scorer.store import _SCHEMA, JobStore, QueueLimits
 
 MODEL_1 = b"\x0a\x05input" + bytes(range(256)) * 4
 MODEL_2 = b"\x0a\x06output" + bytes(reversed(range(256))) * 3
@@ -446,3 +448,51 @@ def test_leaderboard_latest_policy_and_unscored_final_jobs(store: JobStore) -> N
     latest = leaderboard(store.list_jobs(), Track.A, Phase.VALIDATION, "a", EntryPolicy.LATEST)
     assert [(e.team, e.result.scores.score_a) for e in latest] == [("b", 3.0), ("a", 2.0)]
     assert leaderboard(store.list_jobs(), Track.A, Phase.FINAL, "a") == []
+
+
+# --------------------------------------------------------------------------------------------
+# sharded jobs
+# --------------------------------------------------------------------------------------------
+
+
+def test_sharded_job_is_claimed_once_every_image_is_reported(store: JobStore) -> None:
+    sharded, _ = store.create_job(replace(spec(team="a"), sharded=True), MODEL_1, images_total=3)
+    time.sleep(0.002)
+    normal = create(store, spec(team="b"))
+    assert (sharded.stage, sharded.images_total, sharded.spec.sharded) == ("shards", 3, True)
+    claimed = store.next_queued()  # the older sharded job waits for its shards
+    assert claimed is not None and claimed.job_id == normal.job_id
+    store.put_shard_results(sharded.job_id, {"1.jpg": PairQuality(21.5, 0.9),
+                                             "2.jpg": PairQuality(22.0, 0.91)})
+    assert store.next_queued() is None
+    job = store.put_shard_results(sharded.job_id, {"2.jpg": PairQuality(99.0, 0.0),
+                                                   "3.jpg": PairQuality(math.inf, 1.0)})
+    assert (job.images_done, job.state) == (3, JobState.QUEUED)
+    # An image reported twice keeps its first figures.
+    assert store.image_results(sharded.job_id)["2.jpg"] == (22.0, 0.91)
+    claimed = store.next_queued()
+    assert claimed is not None and claimed.job_id == sharded.job_id
+
+
+def test_shard_results_refused_once_the_job_has_finished(store: JobStore) -> None:
+    job, _ = store.create_job(replace(spec(), sharded=True), MODEL_1, images_total=1)
+    store.cancel(job.job_id)
+    with pytest.raises(FailedPrecondition, match="CANCELLED"):
+        store.put_shard_results(job.job_id, {"1.jpg": PairQuality(21.5, 0.9)})
+    with pytest.raises(NotFound):
+        store.put_shard_results("unknown", {"1.jpg": PairQuality(21.5, 0.9)})
+    assert store.image_results(job.job_id) == {}
+
+
+def test_a_store_made_before_sharded_jobs_gets_the_column(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    before = _SCHEMA.replace(",\n    sharded INTEGER NOT NULL DEFAULT 0", "")
+    assert "sharded" not in before
+    with closing(sqlite3.connect(db_path)) as db:
+        db.executescript(before)
+    old = JobStore(db_path)
+    try:
+        job = create(old, spec())
+        assert not old.get_job(job.job_id).spec.sharded
+    finally:
+        old.close()

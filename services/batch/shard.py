@@ -1,0 +1,223 @@
+"""One shard of a batch evaluation (`pirm shard`): of all (model, image) pairs of the batch, in a
+stable order, the pairs whose index % shards == index, measured with the scorer's own protocol
+code against the inference and metrics services and reported to the scorer.
+
+Every shard submits one sharded job per model; the request id (batch id + the model's SHA-256)
+makes the shards' submissions one job. The scorer stores an image reported twice once, and
+times and scores each job when all of its images are in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pirm.v1 import scorer_pb2
+
+from services.client import ScorerClient
+from services.common.config import DEFAULT_MAX_MESSAGE_MB
+from services.common.errors import InvalidArgument
+from services.metrics.quality import PairQuality
+from services.scorer.clients import InferencePool, MetricsPool, call_with_retry
+from services.scorer.jobs import inference_model_name
+from services.scorer.pipeline import Stage, run_pipeline
+from services.scorer.protocol import (
+    QUALITY_OPTIONS,
+    QualityItem,
+    check_defined,
+    prepare_quality_pair,
+    quality_items,
+)
+from services.scorer.scoring import Track
+
+log = logging.getLogger(__name__)
+
+REPORT_BATCH = 16  # images per ReportImageResults call
+METRICS_IN_FLIGHT = 2  # metric calls per metrics endpoint, as the scorer's default
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    index: int
+    shards: int
+    track: Track
+    models: str  # a folder of .pb files, or a comma-separated list of them
+    data: Path  # the dataset folder, as the scorer sees it too
+    scorer: str
+    inference: str  # endpoints, as the scorer's --inference (dns:///name:port: every pod)
+    metrics: str
+    batch_id: str = ""  # empty: derived from the track, the dataset and the models' bytes
+    team: str = ""  # empty: each model's file name without .pb
+    max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
+
+
+@dataclass(frozen=True)
+class BatchModel:
+    path: Path
+    graph_def: bytes = field(repr=False)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.graph_def).hexdigest()
+
+
+@dataclass(frozen=True)
+class Pair:
+    job: scorer_pb2.Job
+    item: QualityItem
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    pairs: int  # this shard's pairs
+    reported: int  # of them, measured and reported now
+    skipped_jobs: list[str]  # jobs no longer waiting for shards (already complete or finished)
+
+
+def shard_arguments(index: str, shards: int, track: str, models: str, data: str, scorer: str,
+                    batch_id: str) -> list[str]:
+    """`pirm shard`'s arguments, as the Kubernetes Job and `pirm batch --local` run it."""
+    return ["shard", "--index", index, "--shards", str(shards), "--track", track,
+            "--models", models, "--data", data, "--scorer", scorer, "--batch-id", batch_id]
+
+
+def batch_models(models: str) -> list[BatchModel]:
+    """A folder's .pb files sorted by name, or the files of a comma-separated list."""
+    folder = Path(models)
+    if folder.is_dir():
+        paths = sorted(folder.glob("*.pb"))
+        if not paths:
+            raise InvalidArgument(f"{folder} has no .pb files to evaluate")
+    else:
+        paths = [Path(p) for p in models.split(",") if p]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing or not paths:
+        raise InvalidArgument(f"model files not found: {', '.join(missing) or models!r}; give a "
+                              "folder of .pb files or a comma-separated list of them")
+    return [BatchModel(p, p.read_bytes()) for p in paths]
+
+
+def default_batch_id(track: Track, data: Path, models: list[BatchModel]) -> str:
+    """The same models on the same data make the same batch, and so the same jobs."""
+    digest = hashlib.sha256(f"{track.value}\n{data.resolve()}".encode())
+    for model in models:
+        digest.update(model.sha256.encode())
+    return f"batch-{digest.hexdigest()[:12]}"
+
+
+def request_id(batch_id: str, model: BatchModel) -> str:
+    return f"{batch_id}/{model.sha256[:16]}"
+
+
+def submit_batch(client: ScorerClient, spec: ShardSpec, models: list[BatchModel],
+                 batch_id: str) -> list[scorer_pb2.Job]:
+    """One sharded job per model, the same whichever shard submits it first."""
+    return [_submit(client, spec, model, batch_id) for model in models]
+
+
+def _submit(client: ScorerClient, spec: ShardSpec, model: BatchModel,
+            batch_id: str) -> scorer_pb2.Job:
+    return call_with_retry("scorer", lambda: client.submit(
+        spec.track, model.graph_def, spec.data, team=spec.team or model.path.stem,
+        model_name=model.path.name, request_id=request_id(batch_id, model), sharded=True))
+
+
+def finished_batch_jobs(client: ScorerClient, batch_id: str) -> list[scorer_pb2.Job]:
+    """The batch's jobs, each once it has finished: after its shards, the scorer times and
+    scores it."""
+    ids = [job.job_id for job in client.jobs() if job.request_id.startswith(f"{batch_id}/")]
+    return [client.wait(job_id) for job_id in ids]
+
+
+def shard_pairs(jobs: list[scorer_pb2.Job], items: list[QualityItem], index: int,
+                shards: int) -> list[Pair]:
+    """Pairs in job (model) order, then image order; this shard's are every shards-th."""
+    pairs = [Pair(job, item) for job in jobs for item in items]
+    return pairs[index::shards]
+
+
+def run_shard(spec: ShardSpec) -> ShardReport:
+    if not 0 <= spec.index < spec.shards:
+        raise InvalidArgument(f"shard index {spec.index} is not in 0..{spec.shards - 1}")
+    models = batch_models(spec.models)
+    items = quality_items(spec.track, spec.data)
+    batch_id = spec.batch_id or default_batch_id(spec.track, spec.data, models)
+    with ScorerClient(spec.scorer, spec.max_message_mb) as scorer:
+        jobs = submit_batch(scorer, spec, models, batch_id)
+        pairs = shard_pairs(jobs, items, spec.index, spec.shards)
+        # A job that no longer waits has all its images (or has finished): nothing to add.
+        waiting = [p for p in pairs if p.job.state == scorer_pb2.JOB_STATE_QUEUED]
+        skipped = sorted({p.job.job_id for p in pairs} - {p.job.job_id for p in waiting})
+        log.info("shard", extra={"index": spec.index, "shards": spec.shards, "batch": batch_id,
+                                 "pairs": len(pairs), "skipped_jobs": skipped})
+        reporter = Reporter(scorer)
+        _measure(spec, models, waiting, reporter)
+    return ShardReport(pairs=len(pairs), reported=reporter.reported, skipped_jobs=skipped)
+
+
+def _measure(spec: ShardSpec, models: list[BatchModel], pairs: list[Pair],
+             reporter: Reporter) -> None:
+    """prepare -> inference -> metrics -> report, as the scorer's quality stage."""
+    inference = InferencePool(spec.inference, spec.max_message_mb)
+    metrics = MetricsPool(spec.metrics, spec.max_message_mb)
+    try:
+        graphs = {m.sha256: m.graph_def for m in models}
+        for sha256 in sorted({p.job.model_sha256 for p in pairs}):
+            inference.load_model(inference_model_name(sha256), graphs[sha256], "", "", "")
+        options = QUALITY_OPTIONS[spec.track]
+
+        def prepare(pair: Pair) -> tuple[Pair, np.ndarray, np.ndarray]:
+            return (pair, *prepare_quality_pair(spec.track, pair.item))
+
+        def infer(work: tuple[Pair, np.ndarray, np.ndarray]
+                  ) -> tuple[Pair, np.ndarray, np.ndarray]:
+            pair, model_input, target = work
+            model = inference_model_name(pair.job.model_sha256)
+            return pair, inference.infer(model, model_input), target
+
+        def measure(work: tuple[Pair, np.ndarray, np.ndarray]) -> tuple[Pair, PairQuality]:
+            pair, output, target = work
+            quality = metrics.evaluate(output, target, options)
+            check_defined(spec.track, pair.item.name, quality)
+            return pair, quality
+
+        run_pipeline(pairs, [
+            Stage("prepare", prepare),
+            Stage("inference", infer, inference.parallelism),
+            Stage("metrics", measure, METRICS_IN_FLIGHT * metrics.parallelism),
+            Stage("report", reporter.add),
+        ])
+        reporter.flush()
+    finally:
+        inference.close()
+        metrics.close()
+
+
+class Reporter:
+    """The pipeline's last stage: results go to the scorer in batches, per job."""
+
+    def __init__(self, scorer: ScorerClient, batch: int = REPORT_BATCH) -> None:
+        self._scorer = scorer
+        self._batch = batch
+        self._pending: dict[str, dict[str, PairQuality]] = {}
+        self.reported = 0
+
+    def add(self, work: tuple[Pair, PairQuality]) -> None:
+        pair, quality = work
+        pending = self._pending.setdefault(pair.job.job_id, {})
+        pending[pair.item.name] = quality
+        if len(pending) >= self._batch:
+            self._send(pair.job.job_id)
+
+    def flush(self) -> None:
+        for job_id in list(self._pending):
+            self._send(job_id)
+
+    def _send(self, job_id: str) -> None:
+        results = self._pending.pop(job_id)
+        # UNAVAILABLE is retried (a restarting scorer); other statuses become domain errors.
+        call_with_retry("scorer", lambda: self._scorer.report_image_results(job_id, results))
+        self.reported += len(results)
