@@ -91,12 +91,19 @@ class JobRunner:
 
     def _work(self) -> None:
         while not self._stopping.is_set():
-            job = self.store.next_queued()
-            if job is None:
-                self.wait_for_change(self.version, timeout=1.0)
-                continue
-            self.notify()
-            self._run(job)
+            try:
+                self._run_next()
+            except Exception:  # noqa: BLE001 - e.g. an unwritable store: the runner lives on
+                log.exception("job runner error; unfinished jobs resume after a restart")
+                self._stopping.wait(1.0)
+
+    def _run_next(self) -> None:
+        job = self.store.next_queued()
+        if job is None:
+            self.wait_for_change(self.version, timeout=1.0)
+            return
+        self.notify()
+        self._run(job)
 
     def _run(self, job: Job) -> None:
         log.info("job started", extra={"job_id": job.job_id, "track": job.spec.track.value})

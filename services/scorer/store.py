@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted
+from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from services.metrics.quality import PairQuality
 from services.scorer.jobs import SHARDS_STAGE, Job, JobResult, JobSpec, JobState
 from services.scorer.scoring import Phase, Track
@@ -90,14 +90,20 @@ class JobStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """All or nothing; a store that cannot be written (disk full, read-only) raises
+        Unavailable saying so, and what the transaction wrote is rolled back."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as error:
+                raise _unwritable(error) from error
 
     def close(self) -> None:
         with self._lock:
@@ -295,6 +301,18 @@ class JobStore:
                 "SELECT image, psnr, msssim FROM image_results WHERE job_id = ?", (job_id,)
             ).fetchall()
         return {row["image"]: (row["psnr"], row["msssim"]) for row in rows}
+
+
+def _unwritable(error: sqlite3.OperationalError) -> Unavailable:
+    text = str(error)
+    if "full" in text:
+        reason = "its disk is full"
+    elif "readonly" in text or "read-only" in text:
+        reason = "it is read-only"
+    else:
+        reason = text
+    return Unavailable(f"the scorer cannot write its job store ({reason}); nothing was stored. "
+                       "Retry later; operators: free disk space or fix the store's volume")
 
 
 def _admit(db: sqlite3.Connection, team: str, limits: QueueLimits) -> None:
