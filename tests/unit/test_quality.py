@@ -19,6 +19,7 @@ from PIL import Image
 
 from services.common.errors import InvalidArgument
 from services.metrics import Flavor, QualityOptions, evaluate_pair, ms_ssim, psnr
+from tests.conftest import SHARED as DATA
 from tests.reference import (
     msssim_numpy_ref,
     msssim_tf_ref,
@@ -29,7 +30,6 @@ from tests.reference import (
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "pirm2018"
 
 PSNR_TOL = 1e-4  # dB
 MSSSIM_TOL = 1e-6

@@ -21,6 +21,7 @@ from PIL import Image
 
 from services.common.errors import InvalidArgument
 from services.metrics import ms_ssim, psnr, ssim
+from tests.conftest import SHARED as DATA
 from tests.reference import (
     _ssim_for_multiscale,
     msssim_numpy_ref,
@@ -32,7 +33,6 @@ from tests.reference import (
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "pirm2018"
 
 PSNR_TOL = 1e-4  # dB
 SSIM_TOL = 1e-6
