@@ -88,7 +88,8 @@ def run_cluster(dataset: Path, model: Path, scratch: Path) -> ClusterRun:
     )
     cluster.start()
     try:
-        with ScorerClient(cluster.target("scorer"), deadline_s=300) as client:
+        with ScorerClient(cluster.target("scorer"), deadline_s=300,
+                          token=cluster.token()) as client:
             started = time.perf_counter()
             job = client.submit(Track.A, model, dataset, team="bench")
             job = client.wait(job.job_id)

@@ -11,6 +11,7 @@ from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
 from services.common.config import DEFAULT_MAX_MESSAGE_MB
 from services.common.server import open_channel
+from services.common.transport import ChannelSecurity
 from services.metrics.quality import PairQuality
 from services.scorer.leaderboard import EntryPolicy
 from services.scorer.scoring import Phase, Track
@@ -25,9 +26,16 @@ from services.scorer.wire import (
 
 
 class ScorerClient:
+    """The scorer's API. `token` is the team's (or organiser's) bearer token; `security` adds
+    TLS files (and may carry the token instead)."""
+
     def __init__(self, target: str = "127.0.0.1:50053",
-                 max_message_mb: int = DEFAULT_MAX_MESSAGE_MB, deadline_s: float = 120.0) -> None:
-        self._channel = open_channel(target, max_message_mb)
+                 max_message_mb: int = DEFAULT_MAX_MESSAGE_MB, deadline_s: float = 120.0,
+                 token: str | None = None, security: ChannelSecurity | None = None) -> None:
+        security = security or ChannelSecurity()
+        if token:
+            security = security.with_token(token)
+        self._channel = open_channel(target, max_message_mb, security)
         self._stub = scorer_pb2_grpc.ScorerServiceStub(self._channel)
         self._deadline = deadline_s
 

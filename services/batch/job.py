@@ -89,11 +89,17 @@ def build_job(spec: BatchSpec) -> client.V1Job:
     )
 
 
+INTERNAL_TOKEN_SECRET = "pirm-internal-token"  # deploy/k8s/README.md
+
+
 def shard_pod_template(spec: BatchSpec) -> client.V1PodTemplateSpec:
     container = client.V1Container(
         name="shard",
         image=spec.image,
         args=shard_args(spec),
+        # The shards call inference and metrics as the scorer does: with its internal token.
+        env=[client.V1EnvVar(name="PIRM_TOKEN", value_from=client.V1EnvVarSource(
+            secret_key_ref=client.V1SecretKeySelector(name=INTERNAL_TOKEN_SECRET, key="token")))],
         # A client of the scorer: it reads images and sends requests, the services compute.
         resources=client.V1ResourceRequirements(
             requests={"cpu": "250m", "memory": "512Mi"},

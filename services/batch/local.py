@@ -15,6 +15,7 @@ from pathlib import Path
 
 from services.batch.shard import shard_arguments
 from services.cli.cluster import SERVICES, LocalCluster, free_port, is_serving
+from services.common.auth import Role
 from services.common.errors import FailedPrecondition
 from services.scorer.samples import REPO_ROOT
 
@@ -29,6 +30,7 @@ class Targets:
     scorer: str
     inference: str
     metrics: str
+    token: str | None  # the internal token the shards present
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class LocalBatch:
     scorer: str | None
     inference: str
     metrics: str
+    token: str | None = None  # internal token for a given or already running scorer
 
 
 @contextmanager
@@ -53,18 +56,19 @@ def batch_services(batch: LocalBatch, say: Callable[[str], None]) -> Iterator[Ta
             raise FailedPrecondition(
                 f"no scorer is serving at {batch.scorer}: start one (pirm up), or leave out "
                 "--scorer to have pirm batch start the services")
-        yield Targets(batch.scorer, batch.inference, batch.metrics)
+        yield Targets(batch.scorer, batch.inference, batch.metrics, batch.token)
         return
     local = os.environ.get("PIRM_SCORER_TARGET") or LOCAL_SCORER
     if is_serving(local):
-        yield Targets(local, batch.inference, batch.metrics)
+        yield Targets(local, batch.inference, batch.metrics, batch.token)
         return
     logs = REPO_ROOT / "var" / "logs"
     say(f"No scorer at {local}: starting inference, metrics and scorer (logs in {logs})")
     cluster = LocalCluster(ports={s: free_port() for s in SERVICES}, log_dir=logs)
     cluster.start()
     try:
-        yield Targets(*(cluster.target(s) for s in ("scorer", "inference", "metrics")))
+        yield Targets(cluster.target("scorer"), cluster.target("inference"),
+                      cluster.target("metrics"), cluster.token(Role.INTERNAL))
     finally:
         cluster.stop()
 
@@ -74,6 +78,14 @@ def shard_command(batch: LocalBatch, targets: Targets, index: int) -> list[str]:
             *shard_arguments(str(index), batch.processes, batch.track, batch.models,
                              batch.data, targets.scorer, batch.batch_id),
             "--inference", targets.inference, "--metrics", targets.metrics]
+
+
+def shard_environment(targets: Targets) -> dict[str, str]:
+    """The token goes by environment, not on a command line that `ps` shows."""
+    env = dict(os.environ)
+    if targets.token:
+        env["PIRM_TOKEN"] = targets.token
+    return env
 
 
 def run_shards(batch: LocalBatch, targets: Targets, say: Callable[[str], None]) -> bool:
@@ -87,7 +99,7 @@ def run_shards(batch: LocalBatch, targets: Targets, say: Callable[[str], None]) 
                 with log.open("wb") as output:
                     processes.append(subprocess.Popen(
                         shard_command(batch, targets, index), stdout=output,
-                        stderr=subprocess.STDOUT))
+                        stderr=subprocess.STDOUT, env=shard_environment(targets)))
             codes = [process.wait() for process in processes]
         finally:
             for process in processes:

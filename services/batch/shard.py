@@ -20,6 +20,7 @@ from pirm.v1 import scorer_pb2
 from services.client import ScorerClient
 from services.common.config import DEFAULT_MAX_MESSAGE_MB
 from services.common.errors import InvalidArgument
+from services.common.transport import ChannelSecurity
 from services.metrics.quality import PairQuality
 from services.scorer.clients import InferencePool, MetricsPool, call_with_retry
 from services.scorer.jobs import inference_model_name
@@ -52,6 +53,7 @@ class ShardSpec:
     batch_id: str = ""  # empty: derived from the track, the dataset and the models' bytes
     team: str = ""  # empty: each model's file name without .pb
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
+    security: ChannelSecurity = field(default_factory=ChannelSecurity)  # an internal token
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ def run_shard(spec: ShardSpec) -> ShardReport:
     models = batch_models(spec.models)
     items = quality_items(spec.track, spec.data)
     batch_id = spec.batch_id or default_batch_id(spec.track, spec.data, models)
-    with ScorerClient(spec.scorer, spec.max_message_mb) as scorer:
+    with ScorerClient(spec.scorer, spec.max_message_mb, security=spec.security) as scorer:
         jobs = submit_batch(scorer, spec, models, batch_id)
         pairs = shard_pairs(jobs, items, spec.index, spec.shards)
         # A job that no longer waits has all its images (or has finished): nothing to add.
@@ -161,8 +163,8 @@ def run_shard(spec: ShardSpec) -> ShardReport:
 def _measure(spec: ShardSpec, models: list[BatchModel], pairs: list[Pair],
              reporter: Reporter) -> None:
     """prepare -> inference -> metrics -> report, as the scorer's quality stage."""
-    inference = InferencePool(spec.inference, spec.max_message_mb)
-    metrics = MetricsPool(spec.metrics, spec.max_message_mb)
+    inference = InferencePool(spec.inference, spec.max_message_mb, security=spec.security)
+    metrics = MetricsPool(spec.metrics, spec.max_message_mb, security=spec.security)
     try:
         graphs = {m.sha256: m.graph_def for m in models}
         for sha256 in sorted({p.job.model_sha256 for p in pairs}):

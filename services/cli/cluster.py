@@ -18,12 +18,29 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.auth import Role, token_of, write_tokens_file
 from services.common.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, env_default
 
 log = logging.getLogger(__name__)
 SERVICES = ("inference", "metrics", "scorer")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+# A local cluster's callers: the scorer, and the person at this machine as an organiser.
+LOCAL_CALLERS = ((Role.INTERNAL, "scorer"), (Role.ORGANISER, "local"))
+
+
+def local_tokens_file(state_dir: str | None = None) -> Path:
+    """Where `pirm up` keeps its tokens: `tokens` in PIRM_STATE_DIR (default var/)."""
+    return Path(state_dir or os.environ.get("PIRM_STATE_DIR") or "var") / "tokens"
+
+
+def local_token(role: Role = Role.ORGANISER) -> str | None:
+    """The local cluster's token of `role`, as kubectl reads its kubeconfig: so that `pirm`
+    commands on the machine that ran `pirm up` need no --token."""
+    path = local_tokens_file()
+    return token_of(path, role) if path.is_file() else None
 
 
 def free_port() -> int:
@@ -82,6 +99,7 @@ class LocalCluster:
     extra_env: dict[str, str] = field(default_factory=dict)
     restart: bool = True
     log_dir: Path | None = None  # service logs go there instead of this terminal
+    insecure_dev: bool = False  # True: no authentication (loopback only anyway)
     _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _supervisor: threading.Thread | None = None
@@ -99,9 +117,30 @@ class LocalCluster:
         env["PIRM_INFERENCE_TARGET"] = self.target("inference")
         env["PIRM_METRICS_TARGET"] = self.target("metrics")
         env.update(self.extra_env)
+        if self.insecure_dev:
+            env["PIRM_INSECURE_DEV"] = "1"
+            env.pop("PIRM_TOKENS_FILE", None)
+        else:
+            env["PIRM_TOKENS_FILE"] = str(self.tokens_file)
+        env.pop("PIRM_TOKENS", None)
         return env
 
+    @property
+    def tokens_file(self) -> Path:
+        """PIRM_TOKENS_FILE if given, else `tokens` in the state folder (made at start)."""
+        given = self.extra_env.get("PIRM_TOKENS_FILE") or os.environ.get("PIRM_TOKENS_FILE")
+        if given:
+            return Path(given)
+        return local_tokens_file(self.extra_env.get("PIRM_STATE_DIR"))
+
+    def token(self, role: Role = Role.ORGANISER) -> str | None:
+        """A token of `role` for clients of this cluster (None without authentication)."""
+        return None if self.insecure_dev else token_of(self.tokens_file, role)
+
     def start(self, timeout_s: float = 180.0) -> None:
+        if not self.insecure_dev and not self.tokens_file.exists():
+            write_tokens_file(self.tokens_file, LOCAL_CALLERS)
+            log.info("tokens written", extra={"file": str(self.tokens_file)})
         for service in SERVICES:
             self._spawn(service)
         for service in SERVICES:

@@ -65,16 +65,17 @@ def run_demo(data: Path | None) -> int:
         started = time.monotonic()
         cluster.start()
         try:
-            return _evaluate(cluster.target("scorer"), datasets, models, started)
+            return _evaluate(cluster.target("scorer"), cluster.token(), datasets, models, started)
         finally:
             cluster.stop()
 
 
 def _evaluate(
-    scorer: str, datasets: dict[Track, Path], models: dict[Track, Path], started: float
+    scorer: str, token: str | None, datasets: dict[Track, Path], models: dict[Track, Path],
+    started: float,
 ) -> int:
     failed = False
-    with ScorerClient(scorer) as client:
+    with ScorerClient(scorer, token=token) as client:
         for track in Track:
             job = client.submit(track, models[track], datasets[track],
                                 team="SRCNN baseline", model_name=models[track].name)

@@ -11,8 +11,12 @@ from typing import Any
 
 import grpc
 
-from services.common.config import env_default
+from services.cli.cluster import local_token
+from services.common.auth import Role
+from services.common.config import add_channel_flags, env_default
+from services.common.errors import InvalidArgument
 from services.common.logs import setup_logging
+from services.common.transport import ChannelSecurity
 from services.scorer.scoring import Phase, ScoreInputs, Track, compute_scores
 
 SCORER = "PIRM_SCORER_TARGET"
@@ -39,7 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     up = commands.add_parser("up", help="start the three services locally (foreground)")
+    up.add_argument("--insecure-dev", action="store_true",
+                    help="no authentication (the services listen on loopback anyway); default: "
+                         "tokens from $PIRM_TOKENS_FILE, else made in $PIRM_STATE_DIR/tokens")
     up.set_defaults(run=cmd_up)
+
+    token = commands.add_parser(
+        "token", help="make a new bearer token (with --role and --name: a tokens-file line)")
+    token.add_argument("--role", choices=[r.value for r in Role])
+    token.add_argument("--name", help="the team's (or organiser's) name")
+    token.set_defaults(run=cmd_token)
 
     serve = commands.add_parser("serve", help="run one service (what a container runs)")
     serve.add_argument("service", choices=["inference", "metrics", "scorer"])
@@ -143,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--metrics", default=env_default(METRICS, "127.0.0.1:50052"),
                        help=f"with --local and a running scorer: its metrics endpoints (env "
                             f"{METRICS})")
+    _connection_flags(batch)
     batch.set_defaults(run=cmd_batch)
 
     shard = commands.add_parser(
@@ -166,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the batch (every shard of it gives the same); default: derived from "
                             "the track, the dataset and the models")
     shard.add_argument("--team", default="", help="default: each model's file name without .pb")
+    _connection_flags(shard)
     shard.set_defaults(run=cmd_shard)
 
     demo = commands.add_parser(
@@ -192,6 +207,29 @@ def _scorer_and_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scorer", default=env_default(SCORER, "127.0.0.1:50053"),
                         help=f"scorer host:port (env {SCORER})")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    _connection_flags(parser)
+
+
+def _connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token", default=env_default("PIRM_TOKEN", ""),
+        help="bearer token (env PIRM_TOKEN; default: the organiser token of the local cluster "
+             "that `pirm up` made in $PIRM_STATE_DIR/tokens, if any)")
+    add_channel_flags(parser)
+
+
+def _security(args: argparse.Namespace, role: Role = Role.ORGANISER) -> ChannelSecurity:
+    """The token and TLS files of the command line; without --token, the local cluster's."""
+    try:
+        return ChannelSecurity.from_args(args, args.token or local_token(role))
+    except InvalidArgument as error:
+        raise SystemExit(f"pirm: {error}") from None
+
+
+def _scorer_client(args: argparse.Namespace, target: str | None = None) -> Any:
+    from services.client import ScorerClient
+
+    return ScorerClient(target or args.scorer, security=_security(args))
 
 
 def _say(text: str) -> None:
@@ -209,12 +247,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     from services.cli.cluster import LocalCluster
 
     setup_logging()
-    cluster = LocalCluster()
+    cluster = LocalCluster(insecure_dev=args.insecure_dev)
     cluster.start()
     targets = ", ".join(f"{s} {cluster.target(s)} (/metrics on :{cluster.metrics_ports[s]})"
                         for s in ("inference", "metrics", "scorer"))
     print(f"cluster up: {targets} (Ctrl-C stops)", flush=True)
+    print("authentication: off (--insecure-dev)" if args.insecure_dev else
+          f"authentication: tokens in {cluster.tokens_file} (pirm commands here use its "
+          "organiser token; teams get `team NAME TOKEN` lines)", flush=True)
     cluster.wait()
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from services.common.auth import new_token
+
+    if bool(args.role) != bool(args.name):
+        print("pirm: give --role and --name together, or neither", file=sys.stderr)
+        return 2
+    print(f"{args.role} {args.name} {new_token()}" if args.role else new_token())
     return 0
 
 
@@ -227,12 +278,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from services.client import ScorerClient, job_summary
+    from services.client import job_summary
 
     if not args.model.is_file():
         print(f"pirm: model file {args.model} does not exist", file=sys.stderr)
         return 2
-    with ScorerClient(args.scorer) as client:
+    with _scorer_client(args) as client:
         job = client.submit(
             args.track, args.model, args.data, phase=args.phase, mos=args.mos, team=args.team,
             request_id=args.request_id,
@@ -252,36 +303,36 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from services.client import ScorerClient, job_summary
+    from services.client import job_summary
 
-    with ScorerClient(args.scorer) as client:
+    with _scorer_client(args) as client:
         summary = job_summary(client.get(args.job_id))
     _print_json(summary) if args.json else _print_job(summary)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from services.client import ScorerClient, job_summary
+    from services.client import job_summary
 
-    with ScorerClient(args.scorer) as client:
+    with _scorer_client(args) as client:
         summary = job_summary(client.cancel(args.job_id))
     _print_json(summary) if args.json else _print_job(summary)
     return 0
 
 
 def cmd_set_mos(args: argparse.Namespace) -> int:
-    from services.client import ScorerClient, job_summary
+    from services.client import job_summary
 
-    with ScorerClient(args.scorer) as client:
+    with _scorer_client(args) as client:
         summary = job_summary(client.set_mos(args.job_id, args.mos))
     _print_json(summary) if args.json else _print_job(summary)
     return 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from services.client import ScorerClient, job_summary
+    from services.client import job_summary
 
-    with ScorerClient(args.scorer) as client:
+    with _scorer_client(args) as client:
         summaries = [job_summary(job) for job in client.jobs(team=args.team)]
     if args.json:
         _print_json(summaries)
@@ -296,9 +347,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from services.client import ScorerClient, leaderboard_rows
+    from services.client import leaderboard_rows
 
-    with ScorerClient(args.scorer) as client:
+    with _scorer_client(args) as client:
         rows = leaderboard_rows(client.leaderboard(args.track, by=args.by, phase=args.phase,
                                                    policy=args.policy))
     if args.json:
@@ -423,7 +474,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
               f"pirm leaderboard --track {spec.track}")
         return 0 if outcome == "Complete" else 1
     print(f"job {spec.name}: {outcome}. The scorer times and scores each model:", flush=True)
-    return _print_batch_results(spec.scorer, spec.track, spec.name)
+    return _print_batch_results(args, spec.scorer, spec.track, spec.name)
 
 
 def _batch_local(args: argparse.Namespace, batch_id: str) -> int:
@@ -432,7 +483,7 @@ def _batch_local(args: argparse.Namespace, batch_id: str) -> int:
 
     batch = LocalBatch(batch_id=batch_id, track=args.track, models=args.models, data=args.data,
                        processes=args.local, scorer=args.scorer, inference=args.inference,
-                       metrics=args.metrics)
+                       metrics=args.metrics, token=_security(args, Role.INTERNAL).token)
     try:
         with batch_services(batch, _say) as targets:
             _say(f"batch {batch_id}: {batch.processes} local shards, scorer {targets.scorer}")
@@ -440,19 +491,20 @@ def _batch_local(args: argparse.Namespace, batch_id: str) -> int:
                 _say(f"The jobs wait for the failed shards' images: run those again with "
                      f"pirm shard ... --batch-id {batch_id}")
                 return 1
-            return _print_batch_results(targets.scorer, args.track, batch_id)
+            return _print_batch_results(args, targets.scorer, args.track, batch_id)
     except PirmError as error:
         print(f"pirm: {error}", file=sys.stderr)
         return 2
 
 
-def _print_batch_results(scorer: str, track: str, batch_id: str) -> int:
+def _print_batch_results(args: argparse.Namespace, scorer: str, track: str, batch_id: str
+                         ) -> int:
     """Each of the batch's jobs once finished, then the track's leaderboard; 1 if a job did not
     succeed."""
     from services.batch.shard import finished_batch_jobs
-    from services.client import ScorerClient, job_summary, leaderboard_rows
+    from services.client import job_summary, leaderboard_rows
 
-    with ScorerClient(scorer) as client:
+    with _scorer_client(args, scorer) as client:
         summaries = [job_summary(job) for job in finished_batch_jobs(client, batch_id)]
         rows = leaderboard_rows(client.leaderboard(track, by="a"))
     for summary in summaries:
@@ -469,7 +521,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
     spec = ShardSpec(index=args.index, shards=args.shards, track=Track(args.track),
                      models=args.models, data=args.data, scorer=args.scorer,
                      inference=args.inference, metrics=args.metrics, batch_id=args.batch_id,
-                     team=args.team)
+                     team=args.team, security=_security(args, Role.INTERNAL))
     try:
         report = run_shard(spec)
     except PirmError as error:

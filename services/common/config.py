@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
@@ -52,3 +53,44 @@ def add_server_flags(parser: argparse.ArgumentParser, service: str) -> None:
         "--grace-seconds", type=float, default=env_default("PIRM_GRACE_SECONDS", 10.0, float),
         help="how long in-flight calls may finish after SIGTERM (env PIRM_GRACE_SECONDS)",
     )
+    add_security_flags(parser)
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def add_security_flags(parser: argparse.ArgumentParser) -> None:
+    """Who may call a server and over what (see transport.ServerSecurity)."""
+    parser.add_argument(
+        "--tokens-file", type=Path, default=env_default("PIRM_TOKENS_FILE", None, Path),
+        help="`role name token` lines: team, organiser and internal callers "
+             "(env PIRM_TOKENS_FILE; or the lines themselves in PIRM_TOKENS, ';'-separated)")
+    parser.set_defaults(tokens_inline=os.environ.get("PIRM_TOKENS", ""))
+    parser.add_argument(
+        "--insecure-dev", action="store_true", default=_flag("PIRM_INSECURE_DEV"),
+        help="no authentication; the server then binds loopback only (env PIRM_INSECURE_DEV=1)")
+    parser.add_argument("--tls-cert", type=Path, default=env_default("PIRM_TLS_CERT", None, Path),
+                        help="this server's certificate chain, PEM (env PIRM_TLS_CERT)")
+    parser.add_argument("--tls-key", type=Path, default=env_default("PIRM_TLS_KEY", None, Path),
+                        help="this server's private key, PEM (env PIRM_TLS_KEY)")
+    parser.add_argument(
+        "--tls-client-ca", type=Path, default=env_default("PIRM_TLS_CLIENT_CA", None, Path),
+        help="require client certificates signed by this CA: mutual TLS (env PIRM_TLS_CLIENT_CA)")
+
+
+def add_channel_flags(parser: argparse.ArgumentParser) -> None:
+    """How a client reaches our servers over TLS (see transport.ChannelSecurity)."""
+    parser.add_argument("--tls-ca", type=Path, default=env_default("PIRM_TLS_CA", None, Path),
+                        help="CA that signed the servers' certificates: connect with TLS "
+                             "(env PIRM_TLS_CA)")
+    parser.add_argument(
+        "--tls-client-cert", type=Path, default=env_default("PIRM_TLS_CLIENT_CERT", None, Path),
+        help="this client's certificate for mutual TLS (env PIRM_TLS_CLIENT_CERT)")
+    parser.add_argument(
+        "--tls-client-key", type=Path, default=env_default("PIRM_TLS_CLIENT_KEY", None, Path),
+        help="this client's private key for mutual TLS (env PIRM_TLS_CLIENT_KEY)")
+    parser.add_argument(
+        "--tls-server-name", default=env_default("PIRM_TLS_SERVER_NAME", ""),
+        help="name to check in the servers' certificates instead of the target's host "
+             "(env PIRM_TLS_SERVER_NAME)")

@@ -52,3 +52,15 @@ class Cancelled(PirmError):
     """The caller gave up on the work (a cancelled job, a cancelled call): it was stopped."""
 
     status = "CANCELLED"
+
+
+class Unauthenticated(PirmError):
+    """No token, or one this service does not know."""
+
+    status = "UNAUTHENTICATED"
+
+
+class PermissionDenied(PirmError):
+    """A known caller asking for what its role does not allow."""
+
+    status = "PERMISSION_DENIED"

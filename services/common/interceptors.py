@@ -9,7 +9,17 @@ from typing import Any
 
 import grpc
 
-from services.common.errors import PirmError
+from services.common.auth import (
+    DEVELOPER,
+    Principal,
+    Role,
+    Tokens,
+    require_role,
+    reset_caller,
+    set_caller,
+)
+from services.common.errors import PirmError, Unauthenticated
+from services.common.transport import AUTHORIZATION, BEARER
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +96,55 @@ def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Behavi
             _abort(context, error, method)
 
     return guarded
+
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"  # probes carry no token
+
+
+class AuthInterceptor(HandlerInterceptor):
+    """Every method but health needs `authorization: Bearer <token>` of a role this service
+    serves; the handler finds the caller in auth.caller(). Without tokens (--insecure-dev),
+    every caller is auth.DEVELOPER."""
+
+    def __init__(self, tokens: Tokens | None, roles: frozenset[Role]) -> None:
+        self.tokens = tokens
+        self.roles = roles
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        if handler_call_details.method.startswith(HEALTH_PREFIX):
+            return continuation(handler_call_details)
+        return super().intercept_service(continuation, handler_call_details)
+
+    def wrap(self, behavior: Behavior, method: str, kind: str, streams_response: bool
+             ) -> Behavior:
+        def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
+            token = set_caller(self.authenticate(context, method))
+            try:
+                return behavior(request, context)
+            finally:
+                reset_caller(token)
+
+        def authenticated_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            token = set_caller(self.authenticate(context, method))
+            try:
+                yield from behavior(request, context)
+            finally:
+                reset_caller(token)
+
+        return authenticated_stream if streams_response else authenticated
+
+    def authenticate(self, context: grpc.ServicerContext, method: str) -> Principal:
+        if self.tokens is None:
+            return DEVELOPER
+        headers = [value for key, value in context.invocation_metadata()
+                   if key == AUTHORIZATION]
+        if not headers or not str(headers[0]).startswith(BEARER):
+            raise Unauthenticated(
+                f"{method} needs a bearer token: pass --token or set PIRM_TOKEN (metadata "
+                "`authorization: Bearer <token>`)")
+        principal = self.tokens.principal(str(headers[0])[len(BEARER):].strip())
+        if principal is None:
+            log.warning("unknown token", extra={"method": method, "peer": context.peer()})
+            raise Unauthenticated("this token is not known here: check it with the organisers")
+        require_role(principal, self.roles, method)
+        return principal

@@ -4,6 +4,7 @@ service's server.py only says which servicers to register."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import threading
@@ -16,12 +17,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.auth import Role
 from services.common.config import MIB
-from services.common.interceptors import ErrorInterceptor
+from services.common.errors import InvalidArgument
+from services.common.interceptors import AuthInterceptor, ErrorInterceptor
 from services.common.telemetry import (
     GrpcMetricsInterceptor,
     initialize_grpc_metrics,
 )
+from services.common.transport import ChannelSecurity, ServerSecurity, secure
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +36,10 @@ def message_options(max_message_mb: int) -> list[tuple[str, int]]:
     return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
 
 
-def open_channel(target: str, max_message_mb: int) -> grpc.Channel:
-    return grpc.insecure_channel(target, options=message_options(max_message_mb))
+def open_channel(target: str, max_message_mb: int,
+                 security: ChannelSecurity | None = None) -> grpc.Channel:
+    """A channel with our message limits, and TLS and a bearer token when `security` says."""
+    return secure(message_options(max_message_mb), target, security or ChannelSecurity())
 
 
 @dataclass
@@ -75,8 +81,12 @@ def create_server(
     bindings: list[ServiceBinding],
     max_message_mb: int,
     workers: int = 8,
+    security: ServerSecurity | None = None,
 ) -> RunningServer:
-    """Builds and binds a server (port 0 picks a free one) that is not yet marked SERVING."""
+    """Builds and binds a server (port 0 picks a free one) that is not yet marked SERVING.
+    Without `security`, authentication is disabled and only a loopback address is allowed."""
+    security = security or ServerSecurity()
+    security.check_address(address)
     options = [
         *message_options(max_message_mb),
         # Clients reconnect now and then, so that new replicas receive load.
@@ -85,8 +95,10 @@ def create_server(
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
-        # The metrics interceptor comes first (outermost): it sees the mapped status codes.
-        interceptors=[GrpcMetricsInterceptor(), ErrorInterceptor()],
+        # The metrics interceptor comes first (outermost): it sees the mapped status codes,
+        # those of refused tokens included.
+        interceptors=[GrpcMetricsInterceptor(), ErrorInterceptor(),
+                      AuthInterceptor(security.tokens, security.roles)],
         options=options,
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -101,12 +113,28 @@ def create_server(
          reflection.SERVICE_NAME],
         server,
     )
-    port = server.add_insecure_port(address)
+    if security.tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, security.tls.credentials())
     if port == 0:
         raise OSError(f"could not bind {address}")
     server.start()
-    log.info("listening", extra={"address": address, "port": port, "services": names})
+    log.info("listening", extra={
+        "address": address, "port": port, "services": names,
+        "authentication": "tokens" if security.tokens else "disabled (--insecure-dev)",
+        "tls": "off" if security.tls is None else
+               "mutual" if security.tls.client_ca else "server"})
     return RunningServer(server, port, health_servicer, names)
+
+
+def server_security(args: argparse.Namespace, roles: frozenset[Role]) -> ServerSecurity:
+    """The security flags of a server's command line (config.add_security_flags); a wrong
+    combination stops the program with the reason."""
+    try:
+        return ServerSecurity.from_args(args, roles)
+    except InvalidArgument as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def serve_until_signalled(running: RunningServer, grace: float,

@@ -10,17 +10,20 @@ from inference import open_inference_pb2 as oip
 from inference import open_inference_pb2_grpc as oip_grpc
 from pirm.v1 import inference_pb2, inference_pb2_grpc
 
+from services.common.auth import INTERNAL_ONLY
 from services.common.config import MIB, add_server_flags, env_default
 from services.common.logs import setup_logging
 from services.common.server import (
     RunningServer,
     ServiceBinding,
     serve_until_signalled,
+    server_security,
 )
 from services.common.server import (
     create_server as create_grpc_server,
 )
 from services.common.telemetry import start_metrics_endpoint
+from services.common.transport import ServerSecurity
 from services.inference import telemetry
 from services.inference.engine import Engine, EngineSettings
 from services.inference.open_inference import OpenInferenceServicer
@@ -35,6 +38,7 @@ def create_server(
     settings: EngineSettings | None = None,
     max_message_mb: int = 64,
     workers: int = 8,
+    security: ServerSecurity | None = None,
 ) -> RunningServer:
     engine = Engine(settings or EngineSettings())
     bindings = [
@@ -45,7 +49,7 @@ def create_server(
                        oip_grpc.add_GRPCInferenceServiceServicer_to_server,
                        OpenInferenceServicer(engine)),
     ]
-    running = create_grpc_server(address, bindings, max_message_mb, workers)
+    running = create_grpc_server(address, bindings, max_message_mb, workers, security)
     running.on_stop.append(engine.close)
     engine.start()  # SERVING only once a TensorFlow worker is up
     running.mark_serving()
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         repository=args.repository,
         node=env_default("PIRM_NODE_NAME", EngineSettings().node),
     )
+    security = server_security(args, INTERNAL_ONLY)
     stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
-    running = create_server(f"{args.host}:{args.port}", settings, args.max_message_mb, args.workers)
+    running = create_server(f"{args.host}:{args.port}", settings, args.max_message_mb,
+                            args.workers, security)
     serve_until_signalled(running, args.grace_seconds, stop_metrics)

@@ -28,6 +28,7 @@ from services.common import errors
 from services.common.messages import timing_from_proto
 from services.common.server import open_channel
 from services.common.tensors import from_tensor, to_tensor
+from services.common.transport import ChannelSecurity
 from services.inference.timing import DeviceTiming, RuntimeComparison, TimingOptions
 from services.metrics.quality import PairQuality, QualityOptions
 from services.metrics.servicer import FLAVOR_MESSAGES
@@ -38,6 +39,9 @@ DNS_PREFIX = "dns:///"
 # An endpoint that stayed UNAVAILABLE is tried last for this long, so that a dead replica does
 # not cost every other call its retries.
 DOWN_FOR_S = 10.0
+# When every endpoint of a service is down (a killed pod, restarted by its supervisor or
+# Kubernetes), a call waits this long for one to come back before its job fails.
+OUTAGE_S = 90.0
 
 _ERRORS: dict[grpc.StatusCode, type[errors.PirmError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -45,6 +49,8 @@ _ERRORS: dict[grpc.StatusCode, type[errors.PirmError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
 }
 
 
@@ -70,9 +76,9 @@ class InferenceClient:
     """One inference endpoint."""
 
     def __init__(self, target: str, max_message_mb: int, deadline_s: float = 600.0,
-                 attempts: int = 5) -> None:
+                 attempts: int = 5, security: ChannelSecurity | None = None) -> None:
         self.target = target
-        self._channel = open_channel(target, max_message_mb)
+        self._channel = open_channel(target, max_message_mb, security)
         self._stub = inference_pb2_grpc.InferenceServiceStub(self._channel)
         self._deadline = deadline_s
         self._attempts = attempts
@@ -144,9 +150,9 @@ class MetricsClient:
     """One metrics endpoint."""
 
     def __init__(self, target: str, max_message_mb: int, deadline_s: float = 120.0,
-                 attempts: int = 5) -> None:
+                 attempts: int = 5, security: ChannelSecurity | None = None) -> None:
         self.target = target
-        self._channel = open_channel(target, max_message_mb)
+        self._channel = open_channel(target, max_message_mb, security)
         self._stub = metrics_pb2_grpc.MetricsServiceStub(self._channel)
         self._deadline = deadline_s
         self._attempts = attempts
@@ -199,8 +205,10 @@ def resolve_targets(spec: str) -> list[str]:
 class EndpointPool(Generic[C]):
     """The clients of one service's endpoints, handed out round-robin."""
 
-    def __init__(self, spec: str, connect: Callable[[str], C]) -> None:
+    def __init__(self, spec: str, connect: Callable[[str], C], outage_s: float = OUTAGE_S
+                 ) -> None:
         self._spec = spec
+        self.outage_s = outage_s
         self._connect: Callable[[str], C] = connect
         self._lock = threading.Lock()
         self._clients: dict[str, C] = {}
@@ -241,17 +249,23 @@ class EndpointPool(Generic[C]):
         return [c for c in turn if c.target not in down] + [c for c in turn if c.target in down]
 
     def first_available(self, call: Callable[[C], T]) -> T:
-        """call(client) on the clients in rotation until one is not UNAVAILABLE."""
-        failure: errors.Unavailable | None = None
-        for client in self.rotation():
-            try:
-                return call(client)
-            except errors.Unavailable as error:
-                failure = error
-                with self._lock:
-                    self._down_until[client.target] = time.monotonic() + DOWN_FOR_S
-        assert failure is not None
-        raise failure
+        """call(client) on the clients in rotation until one is not UNAVAILABLE; when all
+        are, again every second for up to `outage_s` (a restarting service)."""
+        give_up = time.monotonic() + self.outage_s
+        while True:
+            failure: errors.Unavailable | None = None
+            for client in self.rotation():
+                try:
+                    return call(client)
+                except errors.Unavailable as error:
+                    failure = error
+                    with self._lock:
+                        self._down_until[client.target] = time.monotonic() + DOWN_FOR_S
+            assert failure is not None
+            if time.monotonic() >= give_up:
+                raise errors.Unavailable(
+                    f"{failure} (no endpoint answered for {self.outage_s:.0f} s)") from failure
+            time.sleep(1.0)
 
     def close(self) -> None:
         with self._lock:
@@ -267,9 +281,10 @@ class InferencePool:
     an endpoint that joined later or lost it in a restart; a runtime comparison runs on one
     endpoint, which holds both of its models."""
 
-    def __init__(self, spec: str, max_message_mb: int, attempts: int = 3) -> None:
-        self._pool: EndpointPool[InferenceClient] = EndpointPool(
-            spec, lambda target: InferenceClient(target, max_message_mb, attempts=attempts))
+    def __init__(self, spec: str, max_message_mb: int, attempts: int = 3,
+                 security: ChannelSecurity | None = None) -> None:
+        self._pool: EndpointPool[InferenceClient] = EndpointPool(spec, lambda target: (
+            InferenceClient(target, max_message_mb, attempts=attempts, security=security)))
         self._lock = threading.Lock()
         self._sources: dict[str, tuple[bytes | None, str, str, str]] = {}
         self._loaded: set[tuple[str, str]] = set()  # (endpoint, model)
@@ -352,9 +367,10 @@ class InferencePool:
 class MetricsPool:
     """The scorer's metrics backend over one or several endpoints, round-robin."""
 
-    def __init__(self, spec: str, max_message_mb: int, attempts: int = 3) -> None:
-        self._pool: EndpointPool[MetricsClient] = EndpointPool(
-            spec, lambda target: MetricsClient(target, max_message_mb, attempts=attempts))
+    def __init__(self, spec: str, max_message_mb: int, attempts: int = 3,
+                 security: ChannelSecurity | None = None) -> None:
+        self._pool: EndpointPool[MetricsClient] = EndpointPool(spec, lambda target: (
+            MetricsClient(target, max_message_mb, attempts=attempts, security=security)))
 
     @property
     def parallelism(self) -> int:

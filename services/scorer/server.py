@@ -10,17 +10,21 @@ from pathlib import Path
 
 from pirm.v1 import scorer_pb2, scorer_pb2_grpc
 
-from services.common.config import MIB, add_server_flags, env_default
+from services.common.auth import Role
+from services.common.config import MIB, add_channel_flags, add_server_flags, env_default
+from services.common.errors import InvalidArgument
 from services.common.logs import setup_logging
 from services.common.server import (
     RunningServer,
     ServiceBinding,
     serve_until_signalled,
+    server_security,
 )
 from services.common.server import (
     create_server as create_grpc_server,
 )
 from services.common.telemetry import start_metrics_endpoint
+from services.common.transport import ChannelSecurity, ServerSecurity
 from services.inference.timing import TimingOptions
 from services.scorer import telemetry
 from services.scorer.clients import InferencePool, MetricsPool
@@ -47,18 +51,22 @@ class ScorerConfig:
     concurrency: int = 1
     metrics_in_flight: int = 2
     limits: QueueLimits = field(default_factory=QueueLimits)
+    job_timeout_s: float = EvaluationSettings.job_timeout_s
     data_roots: tuple[Path, ...] = ()  # datasets must lie inside one; () = anywhere
     timing_mode: str = "interleaved"
     kappa: float = KAPPA
     mos_ref: dict[Track, float] = field(default_factory=dict)
     max_model_bytes: int = 100 * MIB
     max_message_mb: int = 64
+    security: ServerSecurity | None = None  # None: no authentication, loopback only
+    backends: ChannelSecurity = field(default_factory=ChannelSecurity)  # to inference, metrics
 
 
 def create_server(address: str, config: ScorerConfig, workers: int = 16) -> RunningServer:
     store = JobStore(config.store)
-    inference = InferencePool(config.inference, config.max_message_mb)
-    metrics = MetricsPool(config.metrics, config.max_message_mb)
+    inference = InferencePool(config.inference, config.max_message_mb,
+                              security=config.backends)
+    metrics = MetricsPool(config.metrics, config.max_message_mb, security=config.backends)
     baselines = {}
     for track in Track:
         graph, origin = baseline_graph(track, config.baselines.get(track), config.state_dir)
@@ -72,13 +80,15 @@ def create_server(address: str, config: ScorerConfig, workers: int = 16) -> Runn
         kappa=config.kappa,
         mos_ref=config.mos_ref,
         metrics_in_flight=config.metrics_in_flight,
+        job_timeout_s=config.job_timeout_s,
     )
     runner = JobRunner(store, inference, metrics, settings, config.concurrency)
     servicer = ScorerServicer(store, runner, inference, config.max_model_bytes, config.limits,
                               config.data_roots)
     binding = ServiceBinding(SERVICE_NAME, scorer_pb2_grpc.add_ScorerServiceServicer_to_server,
                              servicer)
-    running = create_grpc_server(address, [binding], config.max_message_mb, workers)
+    running = create_grpc_server(address, [binding], config.max_message_mb, workers,
+                                 config.security)
     running.on_stop.extend([runner.stop, inference.close, metrics.close, store.close])
     running.on_stop.insert(0, telemetry.watch_store(store))  # unwatched before the store closes
     runner.start()
@@ -86,9 +96,23 @@ def create_server(address: str, config: ScorerConfig, workers: int = 16) -> Runn
     return running
 
 
+def backend_security(args: argparse.Namespace, security: ServerSecurity) -> ChannelSecurity:
+    """How the scorer calls inference and metrics: with the internal token of its tokens
+    file (services without authentication need none) and the TLS flags."""
+    token = security.tokens.internal_token if security.tokens else None
+    if security.tokens is not None and token is None:
+        log.warning("the tokens have no internal line: inference and metrics services with "
+                    "authentication will refuse this scorer")
+    try:
+        return ChannelSecurity.from_args(args, token)
+    except InvalidArgument as error:
+        raise SystemExit(f"error: {error}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pirm serve scorer", description=__doc__)
     add_server_flags(parser, "scorer")
+    add_channel_flags(parser)
     env = env_default
     parser.add_argument("--inference", default=env("PIRM_INFERENCE_TARGET", "127.0.0.1:50051"),
                         help="inference endpoints, host:port[,host:port...]; dns:///name:port "
@@ -128,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
                              "PIRM_BASELINE_MAX_AGE_S)")
     parser.add_argument("--concurrency", type=int, default=env("PIRM_JOB_CONCURRENCY", 1, int),
                         help="jobs evaluated at once (env PIRM_JOB_CONCURRENCY)")
+    parser.add_argument("--job-timeout-s", type=float,
+                        default=env("PIRM_JOB_TIMEOUT_S", EvaluationSettings.job_timeout_s, float),
+                        help="a job running longer is stopped and failed (env PIRM_JOB_TIMEOUT_S)")
     parser.add_argument("--metrics-in-flight", type=int,
                         default=env("PIRM_METRICS_IN_FLIGHT", 2, int),
                         help="metric calls in flight per metrics endpoint (env "
@@ -154,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-model-mb", type=int, default=env("PIRM_MAX_MODEL_MB", 100, int))
     args = parser.parse_args(argv)
     setup_logging()
+    security = server_security(args, frozenset(Role))
     config = ScorerConfig(
         inference=args.inference,
         metrics=args.metrics,
@@ -166,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         timing_mode=args.timing_mode,
         concurrency=args.concurrency,
         metrics_in_flight=args.metrics_in_flight,
+        job_timeout_s=args.job_timeout_s,
         limits=QueueLimits(max_queued=args.max_queued_jobs,
                            max_active_per_team=args.max_jobs_per_team,
                            max_images_per_job=args.max_images_per_job),
@@ -175,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         max_model_bytes=args.max_model_mb * MIB,
         max_message_mb=args.max_message_mb,
         data_roots=tuple(args.data_root),
+        security=security,
+        backends=backend_security(args, security),
     )
     stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
     running = create_server(f"{args.host}:{args.port}", config, args.workers)

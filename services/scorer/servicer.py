@@ -10,11 +10,13 @@ from pathlib import Path
 import grpc
 from pirm.v1 import scorer_pb2, scorer_pb2_grpc
 
+from services.common.auth import caller
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.limits import check_model_size, confined_path
 from services.metrics.quality import PairQuality
+from services.scorer.access import check_staff, check_visible, submitting_team, visible_team
 from services.scorer.evaluation import InferenceBackend, rescored
-from services.scorer.jobs import JobSpec, JobState
+from services.scorer.jobs import Job, JobSpec, JobState
 from services.scorer.leaderboard import leaderboard
 from services.scorer.protocol import quality_items, timing_image_path
 from services.scorer.runner import JobRunner
@@ -52,7 +54,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     def SubmitJob(
         self, request: scorer_pb2.SubmitJobRequest, context: grpc.ServicerContext
     ) -> scorer_pb2.Job:
-        spec, model, images = self._job_spec(request)
+        spec, model, images = self._job_spec(request, submitting_team(caller(),
+                                                                      request.team))
         self._validate_model(spec, model)
         job, created = self.store.create_job(spec, model, self.limits, images_total=images)
         if created:
@@ -62,6 +65,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
 
     def ReportImageResults(self, request: scorer_pb2.ReportImageResultsRequest,
                            context: grpc.ServicerContext) -> scorer_pb2.Job:
+        check_staff(caller(), "reporting shard results")
         results = {r.image: PairQuality(psnr=r.psnr, msssim=r.msssim) for r in request.results}
         job = record_image_results(self.store, request.job_id, results)
         self.runner.notify()  # watchers see the progress; a complete job can now be claimed
@@ -69,10 +73,12 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
 
     def CancelJob(self, request: scorer_pb2.CancelJobRequest, context: grpc.ServicerContext
                   ) -> scorer_pb2.Job:
+        self._visible_job(request.job_id)
         return job_message(self.runner.cancel(request.job_id))
 
     def SetMos(self, request: scorer_pb2.SetMosRequest, context: grpc.ServicerContext
                ) -> scorer_pb2.Job:
+        check_staff(caller(), "setting a MOS")
         job = self.store.get_job(request.job_id)
         if job.spec.phase is not Phase.FINAL:
             raise FailedPrecondition(
@@ -88,13 +94,14 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
 
     def GetJob(self, request: scorer_pb2.GetJobRequest, context: grpc.ServicerContext
                ) -> scorer_pb2.Job:
-        return job_message(self.store.get_job(request.job_id))
+        return job_message(self._visible_job(request.job_id))
 
     def WatchJob(
         self, request: scorer_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> Iterator[scorer_pb2.Job]:
         last = None
         version = self.runner.version
+        self._visible_job(request.job_id)
         while context.is_active():
             message = job_message(self.store.get_job(request.job_id))
             if message != last:
@@ -109,7 +116,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         self, request: scorer_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> scorer_pb2.ListJobsResponse:
         track = TRACKS.get(request.track)
-        jobs = self.store.list_jobs(team=request.team, track=track)
+        jobs = self.store.list_jobs(team=visible_team(caller(), request.team), track=track)
         return scorer_pb2.ListJobsResponse(jobs=[job_message(job) for job in jobs])
 
     def Leaderboard(
@@ -128,7 +135,10 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             entries=[leaderboard_entry_message(entry) for entry in entries],
         )
 
-    def _job_spec(self, request: scorer_pb2.SubmitJobRequest
+    def _visible_job(self, job_id: str) -> Job:
+        return check_visible(caller(), self.store.get_job(job_id))
+
+    def _job_spec(self, request: scorer_pb2.SubmitJobRequest, team: str
                   ) -> tuple[JobSpec, bytes | None, int]:
         """The job, its model's bytes (none for a repository model) and its image count."""
         track = track_of(request.track)
@@ -169,7 +179,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             raise InvalidArgument("submit the model's .pb bytes or a repository model")
         spec = JobSpec(
             track=track, phase=phase, dataset=str(dataset.resolve()), model_sha256=sha256,
-            model_name=request.model_name, team=request.team, request_id=request.request_id,
+            model_name=request.model_name, team=team, request_id=request.request_id,
             mos=mos, input_tensor=request.input_tensor, output_tensor=request.output_tensor,
             repository_model=repository_model, sharded=request.sharded,
         )

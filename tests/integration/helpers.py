@@ -9,6 +9,7 @@ from inference import open_inference_pb2_grpc as oip_grpc
 from pirm.v1 import scorer_pb2, scorer_pb2_grpc
 
 from services.common.server import open_channel
+from services.common.transport import ChannelSecurity
 
 FINAL_STATES = (scorer_pb2.JOB_STATE_SUCCEEDED, scorer_pb2.JOB_STATE_FAILED,
                 scorer_pb2.JOB_STATE_CANCELLED)
@@ -44,10 +45,10 @@ def slow_graph() -> bytes:
     return graph_bytes(build)
 
 
-def inferences_of(target: str, model: str) -> int:
+def inferences_of(target: str, model: str, token: str | None = None) -> int:
     """How many requests the inference service at `target` ran for `model` (Triton's
     statistics extension of the Open Inference Protocol)."""
-    with open_channel(target, 64) as channel:
+    with open_channel(target, 64, ChannelSecurity(token)) as channel:
         stats = oip_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
             oip.ModelStatisticsRequest(name=model), timeout=10)
     return sum(s.inference_count for s in stats.model_stats)

@@ -22,9 +22,10 @@ from tests.reference import msssim_numpy_ref, msssim_tf_ref, psnr_ref
 PIRM = str(Path(sys.executable).parent / "pirm")
 
 
-def pirm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def pirm(*args: str, check: bool = True, env: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PIRM, *args], capture_output=True, text=True, timeout=120,
-                          check=check)
+                          check=check, env=env)
 
 
 def test_score_formula_track_b_validation_and_final() -> None:
@@ -87,8 +88,15 @@ def test_pirm_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             wait_serving(f"127.0.0.1:{port}", timeout_s=120)
         with grpc.insecure_channel(f"127.0.0.1:{ports['scorer']}") as channel:
             assert is_serving(channel)
-        jobs = pirm("jobs", "--json", "--scorer", f"127.0.0.1:{ports['scorer']}")
+        # `pirm up` made tokens in the state folder; pirm commands there find its organiser
+        # token by themselves, and without it the scorer refuses them.
+        assert up.stdout is not None
+        assert "tokens in" in up.stdout.readline() + up.stdout.readline()
+        jobs = pirm("jobs", "--json", "--scorer", f"127.0.0.1:{ports['scorer']}", env=env)
         assert json.loads(jobs.stdout) == []
+        refused = pirm("jobs", "--scorer", f"127.0.0.1:{ports['scorer']}", check=False,
+                       env=dict(env, PIRM_STATE_DIR=str(tmp_path / "elsewhere")))
+        assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr
         for port in metrics_ports.values():  # each service serves its Prometheus metrics
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
                 assert "grpc_server_handled_total{" in page.read().decode()

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.cli.cluster import SERVICES, LocalCluster, free_port
 from services.common.server import open_channel
+from services.common.transport import ChannelSecurity
 from services.scorer.samples import REPO_ROOT, make_sample_dataset
 from services.scorer.scoring import Track
 from tests.integration.helpers import graph_bytes, wait_job
@@ -147,7 +148,8 @@ def finished_job(cluster: LocalCluster, prometheus: Prometheus | None,
     """One successful track-B job, and one refused submission (an error for the error panels)."""
     dataset = make_sample_dataset(tmp_path_factory.mktemp("samples"), Track.B,
                                   patches_per_photo=2)
-    stub = scorer_pb2_grpc.ScorerServiceStub(open_channel(cluster.target("scorer"), 64))
+    stub = scorer_pb2_grpc.ScorerServiceStub(open_channel(
+        cluster.target("scorer"), 64, ChannelSecurity(cluster.token())))
     request = scorer_pb2.SubmitJobRequest(track=common_pb2.TRACK_B, dataset=str(dataset),
                                           graph_def=tiny_graph(0.9), team="observed")
     with pytest.raises(grpc.RpcError) as refused:

@@ -14,6 +14,7 @@ from pirm.v1 import scorer_pb2
 
 from services.cli.cluster import SERVICES, LocalCluster, free_port, wait_serving
 from services.client import ScorerClient
+from services.common.auth import Role
 from services.scorer.samples import make_sample_dataset
 from services.scorer.scoring import Track
 from tests.integration.helpers import inferences_of, slow_graph
@@ -45,7 +46,7 @@ def test_killed_scorer_restarts_and_finishes_its_job_once(tmp_path: Path) -> Non
         total = len(list((dataset / "patches" / "iphone").iterdir()))
         assert total > KILL_AFTER_IMAGES + IN_FLIGHT_BOUND
         scorer = cluster.target("scorer")
-        with ScorerClient(scorer) as client:
+        with ScorerClient(scorer, token=cluster.token()) as client:
             job = client.submit(Track.B, slow_graph(), dataset, team="restart",
                                 request_id="once")
             def scored_enough() -> bool:
@@ -58,7 +59,7 @@ def test_killed_scorer_restarts_and_finishes_its_job_once(tmp_path: Path) -> Non
         os.kill(cluster.pid("scorer"), signal.SIGKILL)
         wait_for(lambda: cluster.restarts["scorer"] == 1, "the supervisor's restart")
         wait_serving(scorer)
-        with ScorerClient(scorer) as client:
+        with ScorerClient(scorer, token=cluster.token()) as client:
             # The client's retry after the crash is the same submission, not a second job.
             again = client.submit(Track.B, slow_graph(), dataset, team="restart",
                                   request_id="once")
@@ -71,7 +72,8 @@ def test_killed_scorer_restarts_and_finishes_its_job_once(tmp_path: Path) -> Non
             assert db.execute("SELECT COUNT(*) FROM image_results WHERE job_id = ?",
                               (job.job_id,)).fetchone()[0] == total
         # Stored images were not inferred again: at most those in flight at the kill were.
-        count = inferences_of(cluster.target("inference"), f"sha256-{job.model_sha256[:16]}")
+        count = inferences_of(cluster.target("inference"), f"sha256-{job.model_sha256[:16]}",
+                              cluster.token(Role.INTERNAL))
         assert total <= count <= total + IN_FLIGHT_BOUND, count
     finally:
         cluster.stop()
