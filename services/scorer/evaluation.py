@@ -94,6 +94,8 @@ class EvaluationSettings:
     # interleaved: model and baseline timed A B A B ... in each job (drift cancels);
     # cached: the baseline timed alone, once per track, node and input size, until too old.
     timing_mode: str = "interleaved"
+    # A job running longer than this is stopped and failed (each call has its own deadline).
+    job_timeout_s: float = 4 * 3600.0
 
 
 class BaselineTimings:
@@ -147,6 +149,12 @@ class Evaluation:
         self.cancelled = cancelled or threading.Event()
         self.clock = StageClock()
         self._progress_lock = threading.Lock()
+        self.expired = False
+
+    def expire(self) -> None:
+        """The job's time limit: its work stops as if cancelled (the runner then fails it)."""
+        self.expired = True
+        self.cancelled.set()
 
     def run(self) -> JobResult:
         dataset = Path(self.spec.dataset)

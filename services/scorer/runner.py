@@ -117,9 +117,14 @@ class JobRunner:
             job, self.store, self.inference, self.metrics, self.baselines, self.settings,
             on_progress=self.notify, stopping=self._stopping, cancelled=cancelled,
         )
+        # The job's time limit stops it as a cancel would, then fails it (see _evaluate).
+        limit = threading.Timer(self.settings.job_timeout_s, evaluation.expire)
+        limit.daemon = True
+        limit.start()
         try:
             self._evaluate(job, evaluation)
         finally:
+            limit.cancel()
             with self._cancel_lock:
                 self._cancel_events.pop(job.job_id, None)
         final = self.store.get_job(job.job_id)
@@ -133,7 +138,12 @@ class JobRunner:
         except Interrupted:
             log.info("job interrupted by shutdown", extra={"job_id": job.job_id})
         except Cancelled:
-            log.info("job cancelled", extra={"job_id": job.job_id})
+            if evaluation.expired:
+                self._fail(job, f"the job ran longer than its time limit of "
+                                f"{self.settings.job_timeout_s:.0f} s (--job-timeout-s) and was "
+                                "stopped")
+            else:
+                log.info("job cancelled", extra={"job_id": job.job_id})
         except PirmError as error:
             self._fail(job, str(error))
         except Exception as error:  # noqa: BLE001 - a job fails, the runner survives

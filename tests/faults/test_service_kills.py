@@ -1,0 +1,173 @@
+"""Kill -9 of the inference and of the metrics service in the middle of a job, under `pirm up`'s
+supervisor (as Kubernetes restarts a pod): the scorer waits for the restarted service, reloads
+the model it lost, and the job completes with every image's figures right. A job that runs past
+its time limit is stopped and failed, saying so; a server asked to stop lets its in-flight
+calls finish within the grace period."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc, scorer_pb2
+
+from services.cli.cluster import SERVICES, LocalCluster, free_port, wait_serving
+from services.client import ScorerClient
+from services.common.server import open_channel
+from services.common.tensors import from_tensor, to_tensor
+from services.scorer.samples import make_sample_dataset
+from services.scorer.scoring import Track
+from services.scorer.server import ScorerConfig
+from services.scorer.server import create_server as create_scorer
+from tests.cluster import TEST_TIMING, Cluster
+from tests.integration.helpers import slow_graph
+from tests.reference import psnr_ref
+
+WAIT_S = 600.0
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def slow_model_outputs(model: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The model run by TensorFlow in this process: the reference outputs."""
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef.FromString(model)
+    with tf.Graph().as_default() as graph:
+        tf.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as session:
+            return [session.run("output:0", {"input:0": x[None]})[0] for x in inputs]
+
+
+def test_killed_inference_and_metrics_are_waited_for_and_the_job_completes(
+        tmp_path: Path) -> None:
+    store = tmp_path / "scorer.db"
+    cluster = LocalCluster(
+        ports={service: free_port() for service in SERVICES},
+        log_dir=tmp_path / "logs",
+        extra_env={"PIRM_STORE": str(store), "PIRM_STATE_DIR": str(tmp_path),
+                   "PIRM_TIMING_WARMUP_RUNS": "1", "PIRM_TIMING_MIN_RUNS": "2",
+                   "PIRM_TIMING_MIN_SECONDS": "0", "PIRM_TIMING_MAX_RUNS": "3"},
+    )
+    cluster.start()
+    try:
+        dataset = make_sample_dataset(tmp_path, Track.B, patches_per_photo=3)
+        names = sorted(p.name for p in (dataset / "patches" / "iphone").iterdir())
+        model = slow_graph()
+        with ScorerClient(cluster.target("scorer"), token=cluster.token()) as client:
+            job = client.submit(Track.B, model, dataset, team="faults")
+
+            def done_at_least(count: int) -> Callable[[], bool]:
+                def check() -> bool:
+                    current = client.get(job.job_id)
+                    assert current.state != scorer_pb2.JOB_STATE_FAILED, current.error
+                    return current.progress.images_done >= count
+                return check
+
+            for service, after in (("inference", 2), ("metrics", 5)):
+                wait_for(done_at_least(after), f"{after} scored images")
+                os.kill(cluster.pid(service), signal.SIGKILL)
+                wait_for(lambda s=service: cluster.restarts[s] == 1,  # type: ignore[misc]
+                         f"the supervisor's restart of {service}")
+            final = client.wait(job.job_id, timeout_s=WAIT_S)
+        assert final.state == scorer_pb2.JOB_STATE_SUCCEEDED, final.error
+        assert final.result.images == len(names)
+        with sqlite3.connect(store) as db:
+            stored = db.execute("SELECT image, psnr FROM image_results WHERE job_id = ? "
+                                "ORDER BY image", (job.job_id,)).fetchall()
+        assert [image for image, _ in stored] == names  # each image once
+        # Every figure, before and after the kills, is the model's true PSNR (track B: the
+        # output clipped to [0, 1] against the DSLR patch).
+        photos = [np.asarray(Image.open(dataset / "patches" / kind / name), np.float32) / 255
+                  for kind in ("iphone", "canon") for name in names]
+        inputs, targets = photos[:len(names)], photos[len(names):]
+        outputs = slow_model_outputs(model, inputs)
+        for (image, psnr), output, target in zip(stored, outputs, targets, strict=True):
+            assert psnr == pytest.approx(psnr_ref(np.clip(output, 0, 1), target), abs=1e-4), image
+    finally:
+        cluster.stop()
+
+
+def test_job_past_its_time_limit_is_stopped_and_failed(cluster: Cluster, tmp_path: Path
+                                                       ) -> None:
+    scorer = create_scorer("127.0.0.1:0", ScorerConfig(
+        inference=cluster.target(cluster.inference), metrics=cluster.target(cluster.metrics),
+        store=tmp_path / "scorer.db", state_dir=tmp_path, timing=TEST_TIMING,
+        job_timeout_s=2.0))
+    try:
+        dataset = make_sample_dataset(tmp_path, Track.B, patches_per_photo=10)
+        with ScorerClient(f"127.0.0.1:{scorer.port}") as client:
+            job = client.submit(Track.B, slow_graph(), dataset, team="slow")
+            final = client.wait(job.job_id, timeout_s=WAIT_S)
+        assert final.state == scorer_pb2.JOB_STATE_FAILED
+        assert "longer than its time limit of 2 s" in final.error
+        # Stopped at the limit, not at the end of the stage it was in (the timing stage's
+        # measuring worker is killed as for a cancel).
+        assert final.finished.ToSeconds() - final.started.ToSeconds() < 15
+    finally:
+        scorer.stop(grace=1.0)
+
+
+def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIRM_")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "serve", "inference", "--insecure-dev",
+         "--port", str(port), "--metrics-port", "0", "--grace-seconds", "60"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        target = f"127.0.0.1:{port}"
+        wait_serving(target)
+        stub = inference_pb2_grpc.InferenceServiceStub(open_channel(target, 64))
+        stub.LoadModel(inference_pb2.LoadModelRequest(name="slow", graph_def=slow_graph()),
+                       timeout=120)
+        image = np.random.default_rng(0).random((512, 512, 3), np.float32)
+        outcome: dict[str, object] = {}
+
+        def infer() -> None:
+            started = time.monotonic()
+            try:
+                response = stub.Infer(inference_pb2.InferRequest(
+                    model="slow", input=to_tensor(image)), timeout=120)
+                outcome["output"] = from_tensor(response.output, "output")
+            except grpc.RpcError as error:
+                outcome["error"] = error
+            outcome["seconds"] = time.monotonic() - started
+
+        call = threading.Thread(target=infer)
+        call.start()
+        time.sleep(0.3)  # the call is in flight (it takes seconds on 512x512)
+        server.send_signal(signal.SIGTERM)
+        call.join(120)
+        assert "error" not in outcome, outcome.get("error")
+        output = outcome["output"]
+        assert isinstance(output, np.ndarray) and output.shape[-3:] == image.shape
+        assert float(outcome["seconds"]) > 0.3  # type: ignore[arg-type]  # spanned the SIGTERM
+        assert server.wait(timeout=60) == 0
+        with pytest.raises(grpc.RpcError) as refused:  # and nothing listens any more
+            stub.Infer(inference_pb2.InferRequest(model="slow", input=to_tensor(image)),
+                       timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+_ = common_pb2  # the track enum travels inside ScorerClient.submit
