@@ -72,6 +72,8 @@ def run_inspect(args: argparse.Namespace) -> dict[str, Any]:
     shape = timing_input_shape(track, args.size)
     mobile = None
     if args.mobile:
+        if args.threads < 1:
+            raise InvalidArgument(f"--threads must be at least 1, not {args.threads}")
         options = TimingOptions(args.warmup_runs, args.runs, MOBILE_TIMING.min_seconds,
                                 max(args.runs, MOBILE_TIMING.max_runs)).validated()
         mobile = MobileRequest(args.threads, options)
@@ -164,8 +166,10 @@ def _mobile_lines(m: dict[str, Any]) -> list[str]:
         return [f"mobile (LiteRT): not tried: {m['skipped']}"]
     if not m["converted"]:
         return [f"mobile (LiteRT): conversion FAILED: {m['error']}"]
-    lines = [f"mobile estimate: {m['runtime']} interpreter on this CPU, {m['threads']} threads, "
-             f"input {_shape(m['input_shape'])}, converted model {m['litert_bytes']:,} bytes",
+    lines = [f"mobile estimate: {m['runtime']} interpreter on this CPU (a proxy for a phone), "
+             f"converted model {m['litert_bytes']:,} bytes",
+             f"  input {_shape(m['input_shape'])}, {m['threads']} threads (TensorFlow: "
+             f"{m['threads']} intra-op, 1 inter-op), runs alternated after warm-up",
              f"  {'runtime':<12} {'median ms':>10} {'95% CI':>19} {'min':>9} {'max':>9} "
              f"{'stdev':>8} {'runs':>5}"]
     for label, key in (("LiteRT", "litert"), ("TensorFlow", "tensorflow")):
