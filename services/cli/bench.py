@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from services.inference.engine import Engine, EngineSettings
-from services.inference.timing import PIRM2018_IMAGES, DeviceTiming, TimingOptions
+from services.inference.timing import PIRM2018_IMAGES, DeviceTiming, Timing, TimingOptions
 from services.scorer.protocol import crop_to_scale, downscaled_upscaled, read_rgb, to_model_input
 from services.scorer.samples import DATASET_FOLDERS, HD_SIZE, challenge_data_dir
 from services.scorer.scoring import Track
@@ -56,12 +56,17 @@ def timing_images(paths: list[Path] | None, track: Track | None, count: int) -> 
     return [to_model_input(image) for image in images[:count]]
 
 
-def report(measured: DeviceTiming) -> dict[str, Any]:
-    t = measured.timing
+def timing_summary(t: Timing) -> dict[str, Any]:
     return {
         "median_ms": t.median_ms, "p90_ms": t.p90_ms, "ci95_ms": [t.ci95_low_ms, t.ci95_high_ms],
         "min_ms": t.min_ms, "max_ms": t.max_ms, "mean_ms": t.mean_ms, "stdev_ms": t.stdev_ms,
         "runs": t.runs, "warmup_runs": t.warmup_runs,
+    }
+
+
+def report(measured: DeviceTiming) -> dict[str, Any]:
+    return {
+        **timing_summary(measured.timing),
         "peak_memory_mb": measured.peak_memory_mb or None,
         "device": measured.device, "intra_op_threads": measured.intra_op_threads,
         "inter_op_threads": measured.inter_op_threads, "node": measured.node,

@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(bench)
     bench.set_defaults(run=cmd_bench)
 
+    inspect = commands.add_parser(
+        "inspect", help="a frozen graph's ops, parameters, FLOPs, tensors and allowlist verdict "
+                        "(--mobile: LiteRT conversion and runtime)")
+    from services.cli.inspect_model import add_arguments as add_inspect_arguments
+
+    add_inspect_arguments(inspect)
+    inspect.set_defaults(run=cmd_inspect)
+
     batch = commands.add_parser(
         "batch", help="evaluate models in shards as a Kubernetes Indexed Job, and follow it")
     _track(batch)
@@ -432,6 +440,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(args)
     _print_json(result) if args.json else print_report(result)
     return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """0 when the service would accept the model (and, with --mobile, LiteRT converted it)."""
+    from services.cli.inspect_model import report_text, run_inspect
+    from services.common.errors import PirmError
+
+    try:
+        result = run_inspect(args)
+    except PirmError as error:
+        print(f"pirm inspect: {error}", file=sys.stderr)
+        return 2
+    _print_json(result) if args.json else print(report_text(result))
+    return 0 if result["accepted"] and result.get("mobile", {}).get("converted", True) else 1
 
 
 def cmd_batch(args: argparse.Namespace) -> int:

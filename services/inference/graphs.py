@@ -73,22 +73,7 @@ def parse_graph(
     """Parses and vets a serialized GraphDef; raises InvalidArgument saying what is wrong."""
     if not name:
         raise InvalidArgument("a model needs a name")
-    from tensorflow.core.framework import graph_pb2  # only in worker processes
-
-    check_model_size(len(data), max_bytes)
-    graph_def = graph_pb2.GraphDef()
-    try:
-        graph_def.ParseFromString(data)
-    except DecodeError as error:
-        raise InvalidArgument(
-            f"model is not a TensorFlow GraphDef (.pb): {error}. Submit a frozen graph "
-            "written with tf.io.write_graph(..., as_text=False)"
-        ) from error
-    if not graph_def.node:
-        raise InvalidArgument(
-            "model is not a TensorFlow frozen graph: it has no nodes. Submit the .pb file "
-            "written with tf.io.write_graph(..., as_text=False)"
-        )
+    graph_def = decode_graph(data, max_bytes)
     check_ops(graph_def)
     input_tensor = input_tensor or DEFAULT_INPUT
     output_tensor = output_tensor or DEFAULT_OUTPUT
@@ -112,17 +97,75 @@ def parse_graph(
     return graph_def, spec
 
 
-def check_ops(graph_def: graph_pb2.GraphDef) -> None:
-    if graph_def.library.function or graph_def.library.gradient:
+def decode_graph(data: bytes, max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> graph_pb2.GraphDef:
+    """The GraphDef in `data` (size checked first); nothing in it is vetted yet."""
+    from tensorflow.core.framework import graph_pb2  # only in worker processes
+
+    check_model_size(len(data), max_bytes)
+    graph_def = graph_pb2.GraphDef()
+    try:
+        graph_def.ParseFromString(data)
+    except DecodeError as error:
         raise InvalidArgument(
-            "model contains a function library; only plain frozen graphs of numerical ops "
-            "are accepted (inline functions before freezing)"
+            f"model is not a TensorFlow GraphDef (.pb): {error}. Submit a frozen graph "
+            "written with tf.io.write_graph(..., as_text=False)"
+        ) from error
+    if not graph_def.node:
+        raise InvalidArgument(
+            "model is not a TensorFlow frozen graph: it has no nodes. Submit the .pb file "
+            "written with tf.io.write_graph(..., as_text=False)"
         )
-    refused = sorted({node.op for node in graph_def.node} - ALLOWED_OPS)
+    return graph_def
+
+
+FUNCTION_LIBRARY = "function library"
+# Why an op outside the allowlist is refused: the first family whose marker is in its name.
+_REFUSAL_FAMILIES = (
+    (("File", "Save", "Restore", "Writer", "Reader"), "reads or writes files"),
+    (("PyFunc",), "runs Python code"),
+    (("Variable", "Assign", "VarHandle", "Resource", "Scatter"),
+     "holds mutable state (variables): freeze the graph so that weights are constants"),
+    (("While", "If", "Call", "Enter", "Exit", "Merge", "Switch", "NextIteration", "LoopCond",
+      "Case"), "is control flow or a function call, which can loop forever or hide code"),
+    (("Random", "Multinomial", "TruncatedNormal", "Shuffle"), "is random: outputs must be "
+     "deterministic"),
+    (("Dataset", "Iterator", "Queue", "Stack", "TensorArray", "Print", "Assert"),
+     "has side effects or state outside the computation"),
+)
+_UNLISTED = ("is not on the allowlist of pure numerical ops (convolutions, element-wise maths, "
+             "activations, resizing, reshaping)")
+
+
+def refusal_reason(op: str) -> str:
+    """Why `op` may not run; for an op on the allowlist, an empty string."""
+    if op in ALLOWED_OPS:
+        return ""
+    for markers, reason in _REFUSAL_FAMILIES:
+        if any(marker in op for marker in markers):
+            return reason
+    return _UNLISTED
+
+
+def refused_ops(graph_def: graph_pb2.GraphDef) -> list[tuple[str, str]]:
+    """(op, reason) for every op type of the graph that may not run, sorted by op; a function
+    library is reported as the pseudo-op "function library"."""
+    refused = []
+    if graph_def.library.function or graph_def.library.gradient:
+        refused.append((FUNCTION_LIBRARY, "only plain frozen graphs of numerical ops are "
+                        "accepted (inline functions before freezing)"))
+    ops = sorted({node.op for node in graph_def.node} - ALLOWED_OPS)
+    return refused + [(op, refusal_reason(op)) for op in ops]
+
+
+def check_ops(graph_def: graph_pb2.GraphDef) -> None:
+    refused = refused_ops(graph_def)
+    if refused and refused[0][0] == FUNCTION_LIBRARY:
+        raise InvalidArgument(f"model contains a {FUNCTION_LIBRARY}; {refused[0][1]}")
     if refused:
+        listed = "; ".join(f"{op} ({reason})" for op, reason in refused)
         raise InvalidArgument(
-            f"model uses ops that are not allowed: {', '.join(refused)}. Only pure numerical "
-            "ops (convolutions, element-wise maths, activations, resizing, reshaping) may run"
+            f"model uses ops that are not allowed: {listed}. Only pure numerical ops "
+            "(convolutions, element-wise maths, activations, resizing, reshaping) may run"
         )
 
 

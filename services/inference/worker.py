@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import resource
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -67,7 +69,7 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
         conn.send(("error", (type(error).__name__, str(error))))
         return
     if settings.data_limit_bytes:
-        _cap_data_segment(settings.data_limit_bytes)
+        cap_data_segment(settings.data_limit_bytes)
     conn.send(("ok", None))
     while True:
         try:
@@ -78,8 +80,13 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
 
 
 def _call(target: Any, method: str, args: tuple[Any, ...]) -> tuple[str, Any]:
+    return _outcome(lambda: getattr(target, method)(*args))
+
+
+def _outcome(run: Callable[[], Any]) -> tuple[str, Any]:
+    """("ok", result) or ("error", (kind, text)): what crosses the pipe back to the server."""
     try:
-        return "ok", getattr(target, method)(*args)
+        return "ok", run()
     except errors.PirmError as error:
         return "error", (type(error).__name__, str(error))
     except Exception as error:  # noqa: BLE001 - reported to the caller, the worker lives on
@@ -196,31 +203,25 @@ class Worker:
 # -- peak memory of a model in a fresh process -------------------------------------------------
 
 
-def _probe_memory(conn: Connection, settings: WorkerSettings, model: ModelSource,
-                  image: Any, limit_bytes: int) -> None:
-    """Loads and runs the model once in this fresh process and reports its memory: the kernel's
-    peak resident size (ru_maxrss) minus the resident size before the model was loaded."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _probe_memory(settings: WorkerSettings, model: ModelSource, image: Any,
+                  limit_bytes: int) -> tuple[int, int]:
+    """Loads and runs the model once in this fresh process; returns its resident size before
+    the model was loaded and the kernel's peak resident size (ru_maxrss) after the run."""
     from services.inference.runtime import ModelRuntime, peak_resident_bytes, resident_bytes
 
     runtime = ModelRuntime(settings.device, settings.intra_op_threads, settings.inter_op_threads)
     before = resident_bytes()
     # Allocations beyond the limit fail inside TensorFlow instead of exhausting the node.
-    _cap_data_segment(limit_bytes + limit_bytes // 4)
-    status, value = _call(runtime, "load", model.load_args())
-    if status == "ok":
-        status, value = _call(runtime, "run", (model.name, image))
-    if status == "error":
-        conn.send((status, value))
-        return
+    cap_data_segment(limit_bytes + limit_bytes // 4)
+    runtime.load(*model.load_args())
+    runtime.run(model.name, image)
     if settings.device == "gpu":
         # On a GPU the model's memory is the device allocator's, not the process's RSS.
-        conn.send(("ok", (0, runtime.gpu_peak_bytes())))
-        return
-    conn.send(("ok", (before, peak_resident_bytes())))
+        return 0, runtime.gpu_peak_bytes()
+    return before, peak_resident_bytes()
 
 
-def _cap_data_segment(extra_bytes: int) -> None:
+def cap_data_segment(extra_bytes: int) -> None:
     """RLIMIT_DATA at the current data segment plus `extra_bytes` (heap and anonymous mmaps)."""
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     resource.setrlimit(resource.RLIMIT_DATA, (_data_segment_bytes() + extra_bytes, hard))
@@ -239,27 +240,48 @@ def measure_peak_memory(settings: WorkerSettings, model: ModelSource, image: Any
                         abort: threading.Event | None = None) -> int:
     """Peak memory in bytes of loading and running the model once on `image`; Cancelled (the
     probe killed) when `abort` is set meanwhile."""
+    before, peak = call_in_fresh_process(
+        _probe_memory, (settings, model, image, limit_bytes), name="inference-memory-probe",
+        timeout_s=timeout_s, abort=abort, task="the memory probe",
+        likely_cause=f"most likely it exceeds the memory limit of {limit_bytes / 2**20:.0f} MiB")
+    return max(0, int(peak) - int(before))
+
+
+def _run_once(conn: Connection, function: Callable[..., Any], args: tuple[Any, ...],
+              quiet: bool) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process stops
+    if quiet:  # native libraries' logs and banners stay off the user's terminal
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+    conn.send(_outcome(lambda: function(*args)))
+
+
+def call_in_fresh_process(function: Callable[..., Any], args: tuple[Any, ...], *, name: str,
+                          timeout_s: float, task: str, likely_cause: str = "",
+                          abort: threading.Event | None = None, quiet: bool = False) -> Any:
+    """`function(*args)` in a fresh (spawned) process, so that an untrusted model that crashes
+    or exhausts TensorFlow takes down only that process. Its domain errors are raised here;
+    its death is an InvalidArgument naming the `task` (a noun phrase: "the memory probe");
+    Cancelled when `abort` is set. `quiet`: its stdout and stderr go to /dev/null."""
     parent, child = _CONTEXT.Pipe()
-    process = _CONTEXT.Process(target=_probe_memory, daemon=True,
-                               args=(child, settings, model, image, limit_bytes),
-                               name="inference-memory-probe")
+    process = _CONTEXT.Process(target=_run_once, args=(child, function, args, quiet),
+                               daemon=True, name=name)
     process.start()
     child.close()
     try:
         deadline = time.monotonic() + timeout_s
         while not parent.poll(_POLL_S):
             if abort is not None and abort.is_set():
-                raise errors.Cancelled("the memory probe was cancelled by its caller")
+                raise errors.Cancelled(f"{task} was cancelled by its caller")
             if time.monotonic() > deadline:
-                raise errors.InvalidArgument(
-                    f"the memory probe took longer than {timeout_s:.0f} s")
+                raise errors.InvalidArgument(f"{task} took longer than {timeout_s:.0f} s")
         status, value = parent.recv()
     except EOFError:
         process.join(5)
+        cause = f"; {likely_cause}" if likely_cause else ""
         raise errors.InvalidArgument(
-            f"the model's process died while measuring its memory (exit code "
-            f"{process.exitcode}); most likely it exceeds the memory limit of "
-            f"{limit_bytes / 2**20:.0f} MiB"
+            f"the model's process died during {task} (exit code {process.exitcode}){cause}"
         ) from None
     finally:
         if process.is_alive():
@@ -267,5 +289,4 @@ def measure_peak_memory(settings: WorkerSettings, model: ModelSource, image: Any
         process.join(5)
     if status == "error":
         _raise(*value)
-    before, peak = value
-    return max(0, int(peak) - int(before))
+    return value

@@ -117,6 +117,16 @@ def timing_input(track: Track, dataset: Path) -> np.ndarray:
     return to_model_input(image)
 
 
+def timing_input_shape(track: Track, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The shape of `timing_input` for an image of `size` (width, height): [1, H, W, 3] in both
+    tracks, since track A's bicubic x4 round trip returns the size it starts from (SPEC.md
+    sections 1-2), after the crop to multiples of 4."""
+    width, height = size
+    if track is Track.A:
+        width, height = (width // SCALE) * SCALE, (height // SCALE) * SCALE
+    return 1, height, width, 3
+
+
 def crop_to_scale(image: np.ndarray) -> np.ndarray:
     """Crops to the largest multiple of 4 so that the x4 round trip returns the exact size."""
     h, w = (image.shape[0] // SCALE) * SCALE, (image.shape[1] // SCALE) * SCALE
