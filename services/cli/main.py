@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--team", default="", help="default: each model's file name without .pb")
     shard.set_defaults(run=cmd_shard)
 
+    add_report_command(commands)
+
     demo = commands.add_parser(
         "demo", help="start the cluster, evaluate the baselines of both tracks, print leaderboards"
     )
@@ -479,6 +481,45 @@ def cmd_shard(args: argparse.Namespace) -> int:
         if report.skipped_jobs else ""
     print(f"shard {spec.index}/{spec.shards}: {report.reported} of {report.pairs} (model, image) "
           f"pairs measured and reported{skipped}")
+    return 0
+
+
+def add_report_command(commands: Any) -> None:
+    report = commands.add_parser(
+        "report", help="write an HTML report (leaderboard, figures, crops) of a job or a track")
+    subject = report.add_mutually_exclusive_group(required=True)
+    subject.add_argument("job_id", nargs="?", help="the job to report on")
+    subject.add_argument("--track", choices=["A", "B"], type=str.upper,
+                         help="report on a track's leaderboard instead")
+    report.add_argument("--phase", choices=[p.value for p in Phase], default="validation",
+                        help="with --track: which phase's board")
+    report.add_argument("--by", choices=["a", "b", "c"], default="a", help="ranking score")
+    report.add_argument("--out", type=Path,
+                        help="folder for report.html and its PNG figures (default: "
+                             "report-JOB_ID or report-track-A)")
+    _scorer_and_json(report)
+    report.set_defaults(run=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from services.client import ScorerClient
+    from services.report.gather import job_report, track_report
+    from services.report.html import write_report
+
+    with ScorerClient(args.scorer) as client:
+        if args.job_id:
+            content = job_report(client, args.job_id, args.by)
+        else:
+            content = track_report(client, Track(args.track), Phase(args.phase), args.by)
+    out = args.out or Path(f"report-{args.job_id}" if args.job_id else f"report-track-{args.track}")
+    files = write_report(content, out)
+    if args.json:
+        _print_json({"html": str(files[0]), "figures": [str(f) for f in files[1:]],
+                     "track": content.track, "phase": content.phase,
+                     "job_id": content.focus_job or None, "entries": len(content.rows),
+                     "crops": [c.figures.image for c in content.crops]})
+    else:
+        print(f"report written to {files[0]} ({len(files) - 1} figures beside it)")
     return 0
 
 

@@ -1,0 +1,106 @@
+"""`pirm report` against real servers: the HTML it writes is rendered by headless Chromium,
+whose screenshot must show something and whose DOM must hold the leaderboard; the new
+per-image RPCs return what an independent computation gives."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.client import ScorerClient
+from services.scorer.protocol import prepare_quality_pair, quality_items
+from services.scorer.samples import make_sample_dataset
+from services.scorer.scoring import Track
+from tests.cluster import Cluster
+from tests.integration.helpers import graph_bytes
+from tests.reference import msssim_numpy_ref, psnr_ref
+
+PIRM = str(Path(sys.executable).parent / "pirm")
+TEAM = "report-team"
+
+
+def brighten(tf: object, x: object) -> None:
+    """A cheap model whose output differs from its input by a known affine map."""
+    tf.identity(x * 0.9 + 0.08, name="output")  # type: ignore[attr-defined]
+
+
+def pirm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PIRM, *args], capture_output=True, text=True, timeout=120,
+                          check=True)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sample_dataset(tmp_path_factory.mktemp("report"), Track.B, patches_per_photo=2)
+
+
+@pytest.fixture(scope="module")
+def job_id(cluster: Cluster, dataset: Path) -> str:
+    with ScorerClient(cluster.target(cluster.scorer)) as client:
+        job = client.submit("B", graph_bytes(brighten), dataset, team=TEAM,
+                            model_name="brighten.pb")
+        job = client.wait(job.job_id, timeout_s=300)
+    assert job.error == "" and job.result.images == 8, job
+    return job.job_id
+
+
+def test_job_images_and_crops_match_an_independent_computation(
+        cluster: Cluster, dataset: Path, job_id: str) -> None:
+    items = quality_items(Track.B, dataset)
+    with ScorerClient(cluster.target(cluster.scorer)) as client:
+        images = client.job_images(job_id)
+        crops = client.image_crops(job_id, [items[3].name], size=64)
+    assert [i.image for i in images] == [item.name for item in items]  # the dataset's order
+    for image, item in zip(images, items, strict=True):
+        model_input, target = prepare_quality_pair(Track.B, item)
+        output = model_input[0] * np.float32(0.9) + np.float32(0.08)
+        truth = target.astype(np.float32) / np.float32(255)
+        assert abs(image.psnr - psnr_ref(np.clip(output, 0, 1), truth)) < 1e-4
+        expected = msssim_numpy_ref(output.astype(np.float64) * 255, truth.astype(np.float64) * 255)
+        assert abs(image.msssim - expected) < 1e-6
+    model_input, target = prepare_quality_pair(Track.B, items[3])
+    window = (slice(18, 82), slice(18, 82))  # 64 px at the centre of a 100 px patch
+    crop = crops[0]
+    assert crop.image == items[3].name
+    assert np.array_equal(_decode(crop.target_png), target[window])
+    expected_input = np.round(model_input[0][window] * 255).astype(np.uint8)
+    assert np.array_equal(_decode(crop.input_png), expected_input)
+    expected_output = np.round(np.clip(model_input[0][window] * 0.9 + 0.08, 0, 1) * 255)
+    assert np.abs(_decode(crop.output_png).astype(int) - expected_output).max() <= 1
+
+
+def test_report_renders_in_chromium(cluster: Cluster, job_id: str, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed (make chromium installs Debian's package)")
+    out = tmp_path / "report"
+    written = json.loads(pirm("report", job_id, "--out", str(out), "--json",
+                              "--scorer", cluster.target(cluster.scorer)).stdout)
+    html = Path(written["html"])
+    assert html == out / "report.html" and written["job_id"] == job_id
+    assert {Path(f).name for f in written["figures"]} >= {"runtime.png", "images.png",
+                                                         "crop-best-output.png"}
+    assert "http://" not in html.read_text() and "https://" not in html.read_text()
+    browse = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              "--window-size=1200,1600", f"file://{html}"]
+    dom = subprocess.run([*browse[:-1], "--dump-dom", browse[-1]], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    rows = [row for row in dom.split("<tr") if TEAM in row]
+    assert rows and "brighten.pb" in rows[0]
+    shot = tmp_path / "shot.png"
+    subprocess.run([*browse[:-1], f"--screenshot={shot}", browse[-1]], capture_output=True,
+                   timeout=60, check=True)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.shape == (1600, 1200) and pixels.std() > 10  # not a blank page
+
+
+def _decode(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
