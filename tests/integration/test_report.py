@@ -17,19 +17,12 @@ from PIL import Image
 
 from services.client import ScorerClient
 from services.scorer.protocol import prepare_quality_pair, quality_items
-from services.scorer.samples import make_sample_dataset
 from services.scorer.scoring import Track
 from tests.cluster import Cluster
-from tests.integration.helpers import graph_bytes
+from tests.integration.conftest import FinishedJob
 from tests.reference import msssim_numpy_ref, psnr_ref
 
 PIRM = str(Path(sys.executable).parent / "pirm")
-TEAM = "report-team"
-
-
-def brighten(tf: object, x: object) -> None:
-    """A cheap model whose output differs from its input by a known affine map."""
-    tf.identity(x * 0.9 + 0.08, name="output")  # type: ignore[attr-defined]
 
 
 def pirm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,24 +30,10 @@ def pirm(*args: str) -> subprocess.CompletedProcess[str]:
                           check=True)
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_sample_dataset(tmp_path_factory.mktemp("report"), Track.B, patches_per_photo=2)
-
-
-@pytest.fixture(scope="module")
-def job_id(cluster: Cluster, dataset: Path) -> str:
-    with ScorerClient(cluster.target(cluster.scorer)) as client:
-        job = client.submit("B", graph_bytes(brighten), dataset, team=TEAM,
-                            model_name="brighten.pb")
-        job = client.wait(job.job_id, timeout_s=300)
-    assert job.error == "" and job.result.images == 8, job
-    return job.job_id
-
-
 def test_job_images_and_crops_match_an_independent_computation(
-        cluster: Cluster, dataset: Path, job_id: str) -> None:
-    items = quality_items(Track.B, dataset)
+        cluster: Cluster, finished_job: FinishedJob) -> None:
+    job_id = finished_job.job_id
+    items = quality_items(Track.B, finished_job.dataset)
     with ScorerClient(cluster.target(cluster.scorer)) as client:
         images = client.job_images(job_id)
         crops = client.image_crops(job_id, [items[3].name], size=64)
@@ -77,7 +56,9 @@ def test_job_images_and_crops_match_an_independent_computation(
     assert np.abs(_decode(crop.output_png).astype(int) - expected_output).max() <= 1
 
 
-def test_report_renders_in_chromium(cluster: Cluster, job_id: str, tmp_path: Path) -> None:
+def test_report_renders_in_chromium(cluster: Cluster, finished_job: FinishedJob,
+                                    tmp_path: Path) -> None:
+    job_id = finished_job.job_id
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("chromium is not installed (make chromium installs Debian's package)")
@@ -93,13 +74,25 @@ def test_report_renders_in_chromium(cluster: Cluster, job_id: str, tmp_path: Pat
               "--window-size=1200,1600", f"file://{html}"]
     dom = subprocess.run([*browse[:-1], "--dump-dom", browse[-1]], capture_output=True,
                          text=True, timeout=60, check=True).stdout
-    rows = [row for row in dom.split("<tr") if TEAM in row]
-    assert rows and "brighten.pb" in rows[0]
+    rows = [row for row in dom.split("<tr")[1:] if finished_job.team in row]  # table rows
+    with ScorerClient(cluster.target(cluster.scorer)) as client:
+        psnr = client.status(job_id).result.psnr
+    assert rows and "brighten.pb" in rows[0] and f"{psnr:.3f}" in rows[0]
     shot = tmp_path / "shot.png"
     subprocess.run([*browse[:-1], f"--screenshot={shot}", browse[-1]], capture_output=True,
                    timeout=60, check=True)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape == (1600, 1200) and pixels.std() > 10  # not a blank page
+
+
+def test_track_report(cluster: Cluster, finished_job: FinishedJob, tmp_path: Path) -> None:
+    written = json.loads(pirm("report", "--track", "B", "--out", str(tmp_path), "--json",
+                              "--scorer", cluster.target(cluster.scorer)).stdout)
+    assert written["job_id"] is None and written["entries"] >= 1 and len(written["crops"]) == 2
+    html = Path(written["html"]).read_text()
+    assert finished_job.team in html and "Track B leaderboard" in html
+    for figure in written["figures"]:
+        assert Image.open(figure).size[0] > 0
 
 
 def _decode(png: bytes) -> np.ndarray:
