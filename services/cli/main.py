@@ -10,13 +10,16 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from services.common.config import env_default
 from services.common.logs import setup_logging
 from services.scorer.scoring import Phase, ScoreInputs, Track, compute_scores
+
+if TYPE_CHECKING:
+    from services.client import ScorerClient
 
 SCORER = "PIRM_SCORER_TARGET"
 INFERENCE = "PIRM_INFERENCE_TARGET"
@@ -481,7 +484,7 @@ def _print_batch_results(scorer: str, track: str, batch_id: str, as_json: bool) 
     return 0 if summaries and all(s["state"] == "SUCCEEDED" for s in summaries) else 1
 
 
-def follow_jobs(client: Any, job_ids: list[str]) -> list[dict[str, Any]]:
+def follow_jobs(client: ScorerClient, job_ids: list[str]) -> list[dict[str, Any]]:
     """Shows the jobs' progress until each is final; returns their `job_summary`."""
     from services.cli.progress import JobBars
     from services.client import job_summary

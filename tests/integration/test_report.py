@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from services.cli.main import main
 from services.client import ScorerClient
 from services.scorer.protocol import prepare_quality_pair, quality_items
 from services.scorer.scoring import Track
@@ -70,24 +71,27 @@ def test_report_renders_in_chromium(cluster: Cluster, finished_job: FinishedJob,
     assert {Path(f).name for f in written["figures"]} >= {"runtime.png", "images.png",
                                                          "crop-best-output.png"}
     assert "http://" not in html.read_text() and "https://" not in html.read_text()
-    browse = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-              "--window-size=1200,1600", f"file://{html}"]
-    dom = subprocess.run([*browse[:-1], "--dump-dom", browse[-1]], capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    shot = tmp_path / "shot.png"
+    # One browser run: the DOM on stdout, the screenshot to a file.
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--window-size=1200,1600", f"--screenshot={shot}", "--dump-dom", f"file://{html}"],
+        capture_output=True, text=True, timeout=60, check=True).stdout
     rows = [row for row in dom.split("<tr")[1:] if finished_job.team in row]  # table rows
     with ScorerClient(cluster.target(cluster.scorer)) as client:
         psnr = client.status(job_id).result.psnr
-    assert rows and "brighten.pb" in rows[0] and f"{psnr:.3f}" in rows[0]
-    shot = tmp_path / "shot.png"
-    subprocess.run([*browse[:-1], f"--screenshot={shot}", browse[-1]], capture_output=True,
-                   timeout=60, check=True)
+    assert rows and finished_job.model.name in rows[0] and f"{psnr:.3f}" in rows[0]
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape == (1600, 1200) and pixels.std() > 10  # not a blank page
 
 
-def test_track_report(cluster: Cluster, finished_job: FinishedJob, tmp_path: Path) -> None:
-    written = json.loads(pirm("report", "--track", "B", "--out", str(tmp_path), "--json",
-                              "--scorer", cluster.target(cluster.scorer)).stdout)
+def test_track_report(cluster: Cluster, finished_job: FinishedJob, tmp_path: Path,
+                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:  # in-process, as the console script runs it
+        main(["report", "--track", "B", "--out", str(tmp_path), "--json",
+              "--scorer", cluster.target(cluster.scorer)])
+    assert exit_.value.code == 0
+    written = json.loads(capsys.readouterr().out)
     assert written["job_id"] is None and written["entries"] >= 1 and len(written["crops"]) == 2
     html = Path(written["html"]).read_text()
     assert finished_job.team in html and "Track B leaderboard" in html
