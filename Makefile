@@ -11,10 +11,10 @@ STAMP_PROTOS := $(GEN)/.generated
 CLIENT_VENV := build/client-venv
 STAMP_CLIENT := $(CLIENT_VENV)/.installed
 
-.PHONY: setup protos kubectl prometheus run test lint unit integration deploy-test clean \
+.PHONY: setup protos kubectl prometheus chromium run test lint unit integration deploy-test clean \
 	bench-inference bench-metrics bench-e2e
 
-setup: $(STAMP_INSTALL) $(STAMP_PROTOS) $(STAMP_CLIENT) kubectl prometheus
+setup: $(STAMP_INSTALL) $(STAMP_PROTOS) $(STAMP_CLIENT) kubectl prometheus chromium
 
 # The project is installed editable; the generated package `pirm.v1` is mapped to build/gen,
 # so its folder must exist before pip records the mapping.
@@ -60,6 +60,14 @@ prometheus:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus || \
 	    { apt-get update && \
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
+
+# The report test renders `pirm report`'s HTML in headless Chromium (Debian's package) and
+# checks the screenshot and the DOM. Without apt-get the step does nothing and that test skips.
+chromium:
+	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
+	    { apt-get update && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
 
 # The main job: start the cluster, evaluate the SRCNN baselines of both tracks, print the leaderboards.
 run: setup

@@ -1,8 +1,14 @@
-"""Python client of the scorer: what the `pirm` CLI and remote teams use."""
+"""Python client of the scorer: what the `pirm` CLI and remote teams use.
+
+Every `pirm` command that talks to the scorer is one method here (submit, wait, status, jobs,
+cancel, set_mos, leaderboard, and the report's job_images and image_crops); jobs and
+leaderboards come back as the API's protobuf messages (protos/pirm/v1/scorer.proto), and
+`job_summary` / `leaderboard_rows` flatten them to the dicts that `--json` prints."""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,18 +30,23 @@ from services.scorer.wire import (
     TRACKS,
 )
 
+DEFAULT_TARGET = "127.0.0.1:50053"
+
 
 class ScorerClient:
-    """The scorer's API. `token` is the team's (or organiser's) bearer token; `security` adds
-    TLS files (and may carry the token instead)."""
+    """A connection to the scorer (`target` host:port; default $PIRM_SCORER_TARGET, as the CLI,
+    else 127.0.0.1:50053). `token` is the team's (or organiser's) bearer token, default
+    $PIRM_TOKEN; `security` adds TLS files (and may carry the token instead). Use it as a context
+    manager, or close() it. Every call has a deadline of `deadline_s`; errors are grpc.RpcError
+    with the scorer's status and reason."""
 
-    def __init__(self, target: str = "127.0.0.1:50053",
+    def __init__(self, target: str = "",
                  max_message_mb: int = DEFAULT_MAX_MESSAGE_MB, deadline_s: float = 120.0,
                  token: str | None = None, security: ChannelSecurity | None = None) -> None:
+        target = target or os.environ.get("PIRM_SCORER_TARGET") or DEFAULT_TARGET
         security = security or ChannelSecurity()
-        if token:
-            security = security.with_token(token)
-        self._channel = open_channel(target, max_message_mb, security)
+        token = token or security.token or os.environ.get("PIRM_TOKEN")
+        self._channel = open_channel(target, max_message_mb, security.with_token(token))
         self._stub = scorer_pb2_grpc.ScorerServiceStub(self._channel)
         self._deadline = deadline_s
 
@@ -78,13 +89,19 @@ class ScorerClient:
         return self._stub.SubmitJob(request, timeout=self._deadline)
 
     def get(self, job_id: str) -> scorer_pb2.Job:
+        """The job as it stands: state, progress, and its result once succeeded."""
         return self._stub.GetJob(scorer_pb2.GetJobRequest(job_id=job_id), timeout=self._deadline)
 
     def watch(self, job_id: str, timeout_s: float = 3600.0) -> Iterator[scorer_pb2.Job]:
         """Yields the job at each change until it is final."""
         yield from self._stub.WatchJob(scorer_pb2.GetJobRequest(job_id=job_id), timeout=timeout_s)
 
+    def status(self, job_id: str) -> scorer_pb2.Job:
+        """`pirm status`: the same as get()."""
+        return self.get(job_id)
+
     def wait(self, job_id: str, timeout_s: float = 3600.0) -> scorer_pb2.Job:
+        """Blocks until the job is final (succeeded, failed or cancelled) and returns it."""
         job = self.get(job_id)
         for update in self.watch(job_id, timeout_s):
             job = update
@@ -110,6 +127,7 @@ class ScorerClient:
         return self._stub.ReportImageResults(request, timeout=self._deadline)
 
     def jobs(self, team: str = "", track: Track | str | None = None) -> list[scorer_pb2.Job]:
+        """All jobs, oldest first; only a team's, or a track's, if given."""
         request = scorer_pb2.ListJobsRequest(
             team=team,
             track=TRACK_MESSAGES[Track(track)] if track else common_pb2.TRACK_UNSPECIFIED,
@@ -126,6 +144,20 @@ class ScorerClient:
             phase=PHASE_MESSAGES[Phase(phase)], policy=ENTRY_POLICY_MESSAGES[EntryPolicy(policy)],
         )
         return self._stub.Leaderboard(request, timeout=self._deadline)
+
+    def job_images(self, job_id: str) -> list[scorer_pb2.ImageResult]:
+        """Each image's PSNR and MS-SSIM measured so far, in the dataset's order (the job's
+        figures are their means)."""
+        return list(self._stub.GetJobImages(scorer_pb2.GetJobImagesRequest(job_id=job_id),
+                                            timeout=self._deadline).images)
+
+    def image_crops(self, job_id: str, images: list[str],
+                    size: int = 0) -> list[scorer_pb2.ImageCrops]:
+        """PNG crops (the same centre window, `size` px square, default 128) of the model
+        input, the model output and the target for up to 8 of the job's images; the scorer
+        runs the job's model again on them."""
+        request = scorer_pb2.GetImageCropsRequest(job_id=job_id, images=images, size=size)
+        return list(self._stub.GetImageCrops(request, timeout=self._deadline).crops)
 
 
 def leaderboard_rows(board: scorer_pb2.LeaderboardResponse) -> list[dict[str, Any]]:

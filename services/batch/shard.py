@@ -127,11 +127,9 @@ def _submit(client: ScorerClient, spec: ShardSpec, model: BatchModel,
         model_name=model.path.name, request_id=request_id(batch_id, model), sharded=True))
 
 
-def finished_batch_jobs(client: ScorerClient, batch_id: str) -> list[scorer_pb2.Job]:
-    """The batch's jobs, each once it has finished: after its shards, the scorer times and
-    scores it."""
-    ids = [job.job_id for job in client.jobs() if job.request_id.startswith(f"{batch_id}/")]
-    return [client.wait(job_id) for job_id in ids]
+def batch_job_ids(client: ScorerClient, batch_id: str) -> list[str]:
+    """The batch's jobs (one per model; their request ids start with the batch id)."""
+    return [job.job_id for job in client.jobs() if job.request_id.startswith(f"{batch_id}/")]
 
 
 def shard_pairs(jobs: list[scorer_pb2.Job], items: list[QualityItem], index: int,

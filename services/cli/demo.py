@@ -5,14 +5,16 @@ otherwise a generated sample dataset and an SRCNN-shaped graph, so no network is
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from services.cli.cluster import LocalCluster, free_port
-from services.cli.main import leaderboard_table, print_progress
-from services.client import ScorerClient, job_summary, leaderboard_rows
+from services.cli.main import follow_jobs, leaderboard_table
+from services.client import ScorerClient, leaderboard_rows
 from services.scorer.samples import (
     BASELINE_FILES,
     DATASET_FOLDERS,
@@ -26,8 +28,12 @@ from services.scorer.scoring import Track
 STATE = REPO_ROOT / "var"
 
 
+# With --json, stdout carries only the JSON document; what is said goes to stderr.
+_SAY_TO = {"file": sys.stdout}
+
+
 def _say(text: str) -> None:
-    print(text, flush=True)
+    print(text, file=_SAY_TO["file"], flush=True)
 
 
 def demo_inputs(data: Path | None) -> tuple[dict[Track, Path], dict[Track, Path], str]:
@@ -46,7 +52,8 @@ def demo_inputs(data: Path | None) -> tuple[dict[Track, Path], dict[Track, Path]
     return datasets, models, f"generated samples in {samples} (no challenge data found)"
 
 
-def run_demo(data: Path | None) -> int:
+def run_demo(data: Path | None, as_json: bool = False) -> int:
+    _SAY_TO["file"] = sys.stderr if as_json else sys.stdout
     datasets, models, origin = demo_inputs(data)
     _say(f"Evaluating the SRCNN baselines on {origin}")
     with tempfile.TemporaryDirectory(prefix="pirm-demo-") as tmp:
@@ -65,26 +72,27 @@ def run_demo(data: Path | None) -> int:
         started = time.monotonic()
         cluster.start()
         try:
-            return _evaluate(cluster.target("scorer"), cluster.token(), datasets, models, started)
+            return _evaluate(cluster.target("scorer"), cluster.token(), datasets, models, started,
+                             as_json)
         finally:
             cluster.stop()
 
 
 def _evaluate(
     scorer: str, token: str | None, datasets: dict[Track, Path], models: dict[Track, Path],
-    started: float,
+    started: float, as_json: bool,
 ) -> int:
     failed = False
+    summaries: list[dict[str, Any]] = []
+    boards: dict[str, list[dict[str, Any]]] = {}
     with ScorerClient(scorer, token=token) as client:
         for track in Track:
             job = client.submit(track, models[track], datasets[track],
                                 team="SRCNN baseline", model_name=models[track].name)
             _say(f"\nTrack {track.value}: job {job.job_id}, {models[track].name} on "
                  f"{datasets[track]}")
-            for job in client.watch(job.job_id):  # noqa: B020 - the last update is the result
-                print_progress(job)
-            print(file=sys.stderr)
-            s = job_summary(job)
+            s = follow_jobs(client, [job.job_id])[0]
+            summaries.append(s)
             if s["state"] != "SUCCEEDED":
                 failed = True
                 _say(f"  {s['state']}: {s.get('error', '')}")
@@ -94,7 +102,10 @@ def _evaluate(
                  f"{s['runtime_ms']:.1f} ms [95% CI {lo:.1f}, {hi:.1f}], baseline "
                  f"{s['baseline_runtime_ms']:.1f} ms")
         for track in Track:
-            rows = leaderboard_rows(client.leaderboard(track, by="a"))
-            _say("\n" + leaderboard_table(track.value, "a", rows))
+            boards[track.value] = leaderboard_rows(client.leaderboard(track, by="a"))
+            _say("\n" + leaderboard_table(track.value, "a", boards[track.value]))
     _say(f"\nDone in {time.monotonic() - started:.0f} s.")
+    if as_json:
+        print(json.dumps({"jobs": summaries, "leaderboards": boards}, indent=2,
+                         allow_nan=False))
     return 1 if failed else 0

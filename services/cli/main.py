@@ -6,8 +6,11 @@ import argparse
 import json
 import os
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -18,6 +21,9 @@ from services.common.errors import InvalidArgument
 from services.common.logs import setup_logging
 from services.common.transport import ChannelSecurity
 from services.scorer.scoring import Phase, ScoreInputs, Track, compute_scores
+
+if TYPE_CHECKING:
+    from services.client import ScorerClient
 
 SCORER = "PIRM_SCORER_TARGET"
 INFERENCE = "PIRM_INFERENCE_TARGET"
@@ -165,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"with --local and a running scorer: its metrics endpoints (env "
                             f"{METRICS})")
     _connection_flags(batch)
+    batch.add_argument("--json", action="store_true",
+                       help="print the jobs and the leaderboard as JSON (progress on stderr)")
     batch.set_defaults(run=cmd_batch)
 
     shard = commands.add_parser(
@@ -189,13 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "the track, the dataset and the models")
     shard.add_argument("--team", default="", help="default: each model's file name without .pb")
     _connection_flags(shard)
+    shard.add_argument("--json", action="store_true")
     shard.set_defaults(run=cmd_shard)
+
+    add_report_command(commands)
 
     demo = commands.add_parser(
         "demo", help="start the cluster, evaluate the baselines of both tracks, print leaderboards"
     )
     demo.add_argument("--data", type=Path, help="challenge data folder (default: PIRM_DATA, "
                       "../shared/pirm2018, else generated samples)")
+    demo.add_argument("--json", action="store_true",
+                      help="print the jobs and both leaderboards as JSON (progress on stderr)")
     demo.set_defaults(run=cmd_demo)
     return parser
 
@@ -242,6 +255,11 @@ def _scorer_client(args: argparse.Namespace, target: str | None = None) -> Any:
 
 def _say(text: str) -> None:
     print(text, flush=True)
+
+
+def _say_aside(text: str) -> None:
+    """Messages that must not mix with JSON on stdout."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def _print_json(value: Any) -> None:
@@ -296,13 +314,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             args.track, args.model, args.data, phase=args.phase, mos=args.mos, team=args.team,
             request_id=args.request_id,
         )
-        if args.wait:
-            for job in client.watch(job.job_id):  # noqa: B020 - the last update is the result
-                if not args.json:
-                    print_progress(job)
-            if not args.json:
-                print(file=sys.stderr)
-        summary = job_summary(job)
+        summary = follow_jobs(client, [job.job_id])[0] if args.wait else job_summary(job)
     if args.json:
         _print_json(summary)
     else:
@@ -436,8 +448,10 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from services.cli.bench import print_report, run_bench
+    from services.cli.progress import working
 
-    result = run_bench(args)
+    with working(f"timing {args.model.name} ({args.protocol} protocol)"):
+        result = run_bench(args)
     _print_json(result) if args.json else print_report(result)
     return 0
 
@@ -460,8 +474,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from services.batch import api
     from services.batch.job import BatchSpec, batch_job_name, build_job, manifest_yaml
 
+    say = _say_aside if args.json else _say
     if args.local:
-        return _batch_local(args, batch_job_name(args.track))
+        return _batch_local(args, batch_job_name(args.track), say)
     spec = BatchSpec(
         name=batch_job_name(args.track), track=args.track, models=args.models, data=args.data,
         shards=args.shards, namespace=args.namespace, image=args.image,
@@ -478,9 +493,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     try:
         kubernetes = api.connect(args.kubeconfig)
         api.create_job(kubernetes, spec.namespace, job)
-        print(f"created job {spec.namespace}/{spec.name}: {spec.shards} shards", flush=True)
+        say(f"created job {spec.namespace}/{spec.name}: {spec.shards} shards")
         for progress in api.follow_job(kubernetes, spec.namespace, spec.name):
-            print(progress.summary(), flush=True)
+            say(progress.summary())
             outcome = progress.outcome
     except ConfigException as error:
         print(f"pirm: no Kubernetes cluster configured: {error}", file=sys.stderr)
@@ -492,14 +507,17 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     # After failed shards the jobs still wait for images: only a complete batch is awaited.
     if outcome != "Complete" or not is_serving(spec.scorer):
-        print(f"job {spec.name}: {outcome}. Results are on the scorer's leaderboard: "
-              f"pirm leaderboard --track {spec.track}")
+        say(f"job {spec.name}: {outcome}. Results are on the scorer's leaderboard: "
+            f"pirm leaderboard --track {spec.track}")
+        if args.json:
+            _print_json({"batch_id": spec.name, "outcome": outcome, "jobs": None,
+                         "leaderboard": None})
         return 0 if outcome == "Complete" else 1
-    print(f"job {spec.name}: {outcome}. The scorer times and scores each model:", flush=True)
+    say(f"job {spec.name}: {outcome}. The scorer times and scores each model:")
     return _print_batch_results(args, spec.scorer, spec.track, spec.name)
 
 
-def _batch_local(args: argparse.Namespace, batch_id: str) -> int:
+def _batch_local(args: argparse.Namespace, batch_id: str, say: Callable[[str], None]) -> int:
     from services.batch.local import LocalBatch, batch_services, run_shards
     from services.common.errors import PirmError
 
@@ -507,11 +525,13 @@ def _batch_local(args: argparse.Namespace, batch_id: str) -> int:
                        processes=args.local, scorer=args.scorer, inference=args.inference,
                        metrics=args.metrics, token=_security(args, Role.INTERNAL).token)
     try:
-        with batch_services(batch, _say) as targets:
-            _say(f"batch {batch_id}: {batch.processes} local shards, scorer {targets.scorer}")
-            if not run_shards(batch, targets, _say):
-                _say(f"The jobs wait for the failed shards' images: run those again with "
-                     f"pirm shard ... --batch-id {batch_id}")
+        with batch_services(batch, say) as targets:
+            say(f"batch {batch_id}: {batch.processes} local shards, scorer {targets.scorer}")
+            with batch_bars(targets.scorer, batch_id, _security(args)):
+                shards_ok = run_shards(batch, targets, say)
+            if not shards_ok:
+                say(f"The jobs wait for the failed shards' images: run those again with "
+                    f"pirm shard ... --batch-id {batch_id}")
                 return 1
             return _print_batch_results(args, targets.scorer, args.track, batch_id)
     except PirmError as error:
@@ -521,18 +541,65 @@ def _batch_local(args: argparse.Namespace, batch_id: str) -> int:
 
 def _print_batch_results(args: argparse.Namespace, scorer: str, track: str, batch_id: str
                          ) -> int:
-    """Each of the batch's jobs once finished, then the track's leaderboard; 1 if a job did not
-    succeed."""
-    from services.batch.shard import finished_batch_jobs
-    from services.client import job_summary, leaderboard_rows
+    """Follows the batch's jobs until each has finished, then prints them and the track's
+    leaderboard; 1 if a job did not succeed."""
+    from services.batch.shard import batch_job_ids
+    from services.cli.progress import print_summary_table
+    from services.client import leaderboard_rows
 
+    as_json = args.json
     with _scorer_client(args, scorer) as client:
-        summaries = [job_summary(job) for job in finished_batch_jobs(client, batch_id)]
+        summaries = follow_jobs(client, batch_job_ids(client, batch_id))
         rows = leaderboard_rows(client.leaderboard(track, by="a"))
-    for summary in summaries:
-        _print_job(summary)
-    print(leaderboard_table(track, "a", rows))
+    if as_json:
+        _print_json({"batch_id": batch_id, "jobs": summaries, "leaderboard": rows})
+    else:
+        print_summary_table(summaries, title=f"Batch {batch_id}")
+        print(leaderboard_table(track, "a", rows))
     return 0 if summaries and all(s["state"] == "SUCCEEDED" for s in summaries) else 1
+
+
+def follow_jobs(client: ScorerClient, job_ids: list[str]) -> list[dict[str, Any]]:
+    """Shows the jobs' progress until each is final; returns their `job_summary`."""
+    from services.cli.progress import JobBars
+    from services.client import job_summary
+
+    summaries = []
+    with JobBars() as bars:
+        for job_id in job_ids:
+            summary = job_summary(client.get(job_id))
+            for job in client.watch(job_id):
+                summary = job_summary(job)
+                bars.update(summary)
+            summaries.append(summary)
+    return summaries
+
+
+@contextmanager
+def batch_bars(scorer: str, batch_id: str, security: ChannelSecurity) -> Iterator[None]:
+    """Bars of a batch's jobs while its shards report their images (polled every second)."""
+    from services.cli.progress import JobBars
+    from services.client import ScorerClient, job_summary
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        with ScorerClient(scorer, security=security) as client, JobBars() as bars:
+            try:
+                while not stop.wait(1.0):
+                    for job in client.jobs():
+                        if job.request_id.startswith(f"{batch_id}/"):
+                            bars.update(job_summary(job))
+            except grpc.RpcError:
+                return  # only the display stops; the shards report what they measure
+
+    thread = threading.Thread(target=poll, name="batch-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
@@ -549,6 +616,10 @@ def cmd_shard(args: argparse.Namespace) -> int:
     except PirmError as error:
         print(f"pirm shard: {error}", file=sys.stderr)
         return 2
+    if args.json:
+        _print_json({"index": spec.index, "shards": spec.shards, "pairs": report.pairs,
+                     "reported": report.reported, "skipped_jobs": report.skipped_jobs})
+        return 0
     skipped = f"; jobs no longer waiting: {', '.join(report.skipped_jobs)}" \
         if report.skipped_jobs else ""
     print(f"shard {spec.index}/{spec.shards}: {report.reported} of {report.pairs} (model, image) "
@@ -556,10 +627,48 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_report_command(commands: Any) -> None:
+    report = commands.add_parser(
+        "report", help="write an HTML report (leaderboard, figures, crops) of a job or a track")
+    subject = report.add_mutually_exclusive_group(required=True)
+    subject.add_argument("job_id", nargs="?", help="the job to report on")
+    subject.add_argument("--track", choices=["A", "B"], type=str.upper,
+                         help="report on a track's leaderboard instead")
+    report.add_argument("--phase", choices=[p.value for p in Phase], default="validation",
+                        help="with --track: which phase's board")
+    report.add_argument("--by", choices=["a", "b", "c"], default="a", help="ranking score")
+    report.add_argument("--out", type=Path,
+                        help="folder for report.html and its PNG figures (default: "
+                             "report-JOB_ID or report-track-A)")
+    _scorer_and_json(report)
+    report.set_defaults(run=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from services.report.gather import job_report, track_report
+    from services.report.html import write_report
+
+    with _scorer_client(args) as client:
+        if args.job_id:
+            content = job_report(client, args.job_id, args.by)
+        else:
+            content = track_report(client, Track(args.track), Phase(args.phase), args.by)
+    out = args.out or Path(f"report-{args.job_id}" if args.job_id else f"report-track-{args.track}")
+    files = write_report(content, out)
+    if args.json:
+        _print_json({"html": str(files[0]), "figures": [str(f) for f in files[1:]],
+                     "track": content.track, "phase": content.phase,
+                     "job_id": content.focus_job or None, "entries": len(content.rows),
+                     "crops": [c.figures.image for c in content.crops]})
+    else:
+        print(f"report written to {files[0]} ({len(files) - 1} figures beside it)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.cli.demo import run_demo
 
-    return run_demo(args.data)
+    return run_demo(args.data, args.json)
 
 
 # -- output -------------------------------------------------------------------------------
@@ -571,22 +680,6 @@ def _fmt(value: Any, width: int, digits: int) -> str:
     if isinstance(value, str):
         return f"{value:>{width}}"
     return f"{value:>{width}.{digits}f}"
-
-
-def print_progress(job: Any) -> None:
-    """One self-overwriting line on stderr: state, bar, images, stage (only on a terminal:
-    a log file would get every update)."""
-    from services.client import job_summary
-
-    if not sys.stderr.isatty():
-        return
-    s = job_summary(job)
-    total = max(s["images_total"], 1)
-    width = 30
-    filled = int(width * s["images_done"] / total)
-    bar = "#" * filled + "." * (width - filled)
-    print(f"\r  {s['job_id']} {s['state']:9} [{bar}] {s['images_done']}/{s['images_total']} "
-          f"{s['stage']:8}", end="", file=sys.stderr, flush=True)
 
 
 def _print_job(s: dict[str, Any]) -> None:

@@ -180,12 +180,7 @@ class Evaluation:
             raise Cancelled(f"job {self.job.job_id} was cancelled")
 
     def _load_model(self) -> str:
-        spec = self.spec
-        graph_def = None if spec.repository_model else self.store.model_bytes(spec.model_sha256)
-        return self.inference.load_model(
-            spec.inference_name, graph_def, spec.repository_model,
-            spec.input_tensor, spec.output_tensor,
-        )
+        return load_job_model(self.spec, self.store, self.inference)
 
     def _measure_quality(self, model: str, items: list[QualityItem]) -> None:
         """The images flow through prepare -> infer -> metrics -> store, each stage with its
@@ -288,6 +283,14 @@ class Evaluation:
     def _progress(self, done: int, total: int, stage: str) -> None:
         self.store.set_progress(self.job.job_id, done, total, stage)
         self.on_progress()
+
+
+def load_job_model(spec: JobSpec, store: JobStore, inference: InferenceBackend) -> str:
+    """Loads a job's model (its stored bytes, or its repository model) on the inference
+    service; returns the name to run it by."""
+    graph_def = None if spec.repository_model else store.model_bytes(spec.model_sha256)
+    return inference.load_model(spec.inference_name, graph_def, spec.repository_model,
+                                spec.input_tensor, spec.output_tensor)
 
 
 def rescored(result: JobResult, spec: JobSpec, mos: float | None,

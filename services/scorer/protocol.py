@@ -59,7 +59,7 @@ def quality_items(track: Track, dataset: Path) -> list[QualityItem]:
     canon = _require_dir(dataset / "patches" / "canon", "track B target folder")
     sources = {p.name: p for p in _sorted_images(iphone, (".jpg", ".jpeg", ".png"))}
     targets_by_name = {p.name: p for p in _sorted_images(canon, (".jpg", ".jpeg", ".png"))}
-    unpaired = sorted(set(sources) ^ set(targets_by_name), key=_natural_key)
+    unpaired = sorted(set(sources) ^ set(targets_by_name), key=natural_key)
     if unpaired:
         shown = ", ".join(unpaired[:10]) + (" ..." if len(unpaired) > 10 else "")
         raise InvalidArgument(
@@ -70,7 +70,7 @@ def quality_items(track: Track, dataset: Path) -> list[QualityItem]:
         raise InvalidArgument(f"{iphone} has no images")
     return [
         QualityItem(name=name, target=targets_by_name[name], source=sources[name])
-        for name in sorted(sources, key=_natural_key)
+        for name in sorted(sources, key=natural_key)
     ]
 
 
@@ -170,9 +170,10 @@ def _require_dir(path: Path, what: str) -> Path:
 def _sorted_images(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(
         (p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file()),
-        key=lambda p: _natural_key(p.name),
+        key=lambda p: natural_key(p.name),
     )
 
 
-def _natural_key(name: str) -> list[object]:
+def natural_key(name: str) -> list[object]:
+    """Sort key of dataset file names: 2.jpg before 10.jpg, as the challenge numbers them."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

@@ -15,6 +15,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument, Unavaila
 from services.common.limits import check_model_size, confined_path
 from services.metrics.quality import PairQuality
 from services.scorer.access import check_staff, check_visible, submitting_team, visible_team
+from services.scorer.crops import image_crops, job_images
 from services.scorer.evaluation import InferenceBackend, rescored
 from services.scorer.jobs import Job, JobSpec, JobState
 from services.scorer.leaderboard import leaderboard
@@ -70,6 +71,22 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         job = record_image_results(self.store, request.job_id, results)
         self.runner.notify()  # watchers see the progress; a complete job can now be claimed
         return job_message(job)
+
+    def GetJobImages(self, request: scorer_pb2.GetJobImagesRequest,
+                     context: grpc.ServicerContext) -> scorer_pb2.GetJobImagesResponse:
+        self._visible_job(request.job_id)
+        return scorer_pb2.GetJobImagesResponse(images=[
+            scorer_pb2.ImageResult(image=name, psnr=q.psnr, msssim=q.msssim)
+            for name, q in job_images(self.store, request.job_id)])
+
+    def GetImageCrops(self, request: scorer_pb2.GetImageCropsRequest,
+                      context: grpc.ServicerContext) -> scorer_pb2.GetImageCropsResponse:
+        job = self._visible_job(request.job_id)
+        crops = image_crops(job, self.store, self.inference, list(request.images), request.size)
+        return scorer_pb2.GetImageCropsResponse(crops=[
+            scorer_pb2.ImageCrops(image=c.image, input_png=c.input_png, output_png=c.output_png,
+                                  target_png=c.target_png)
+            for c in crops])
 
     def CancelJob(self, request: scorer_pb2.CancelJobRequest, context: grpc.ServicerContext
                   ) -> scorer_pb2.Job:

@@ -221,6 +221,10 @@ def test_a_team_submits_for_itself_and_sees_only_its_jobs(secure: SecureCluster)
     # To another team, alpha's job does not exist: not readable, watchable or cancellable.
     for call in (lambda: beta.GetJob(by_id, timeout=10),
                  lambda: list(beta.WatchJob(by_id, timeout=10)),
+                 lambda: beta.GetJobImages(scorer_pb2.GetJobImagesRequest(job_id=job.job_id),
+                                           timeout=10),
+                 lambda: beta.GetImageCrops(scorer_pb2.GetImageCropsRequest(
+                     job_id=job.job_id, images=["0.jpg"]), timeout=10),
                  lambda: beta.CancelJob(scorer_pb2.CancelJobRequest(job_id=job.job_id),
                                         timeout=10)):
         code, details = status_of(call)
