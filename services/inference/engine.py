@@ -31,7 +31,13 @@ from services.inference.timing import (
     Timing,
     TimingOptions,
 )
-from services.inference.worker import ModelSource, Worker, WorkerSettings, measure_peak_memory
+from services.inference.worker import (
+    ModelSource,
+    SpareProcess,
+    Worker,
+    WorkerSettings,
+    measure_peak_memory,
+)
 
 DEVICES = ("cpu", "gpu")
 MIB = 1024 * 1024
@@ -117,10 +123,13 @@ class Engine:
         self._unavailable: dict[str, str] = {}  # device -> why it cannot run here
         self._lock = threading.Lock()
         self._device_locks = {device: DeviceLock(device) for device in DEVICES}
+        self._spare = SpareProcess()
 
     def start(self) -> None:
-        """Starts the default device's worker, so that the first request does not wait."""
+        """Starts the default device's worker, so that the first request does not wait, and the
+        memory probes' spare process."""
         self._worker(self.settings.default_device).call("ping")
+        self._spare.prepare()
 
     def load(
         self, name: str, data: bytes, input_tensor: str = "", output_tensor: str = ""
@@ -237,6 +246,7 @@ class Engine:
         device = self._device(device)
         image = _as_model_input(image)
         with self._device_locks[device].exclusive():
+            self._spare.wait_ready()  # no TensorFlow import beside the measurement
             timing: Timing = self._worker(device).call("benchmark", name, image, options,
                                                        models=self._sources_of(name),
                                                        abort=abort)
@@ -264,6 +274,7 @@ class Engine:
         device = self._device(device)
         image = _as_model_input(image)
         with self._device_locks[device].exclusive():
+            self._spare.wait_ready()  # no TensorFlow import beside the measurement
             result: Comparison = self._worker(device).call(
                 "compare", name, baseline, image, options,
                 models=self._sources_of(name, baseline), abort=abort,
@@ -289,13 +300,14 @@ class Engine:
             workers = list(self._workers.values())
         for worker in workers:
             worker.stop()
+        self._spare.close()
 
     def _peak_memory_mb(self, name: str, image: np.ndarray, device: str,
                         abort: threading.Event | None = None) -> float:
         (source,) = self._sources_of(name)
         limit = self.settings.memory_limit_bytes
         peak = measure_peak_memory(self._worker_settings(device), source, image, limit,
-                                   abort=abort)
+                                   abort=abort, spare=self._spare)
         telemetry.peak_memory_measured(name, device, peak)
         if peak > limit:
             raise MemoryLimitExceeded(

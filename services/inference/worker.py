@@ -57,8 +57,15 @@ class WorkerSettings:
     data_limit_bytes: int = 0
 
 
+def name_process(name: str) -> None:
+    """The process's name in ps and top (/proc/PID/comm, at most 15 bytes)."""
+    with open("/proc/self/comm", "w") as comm:
+        comm.write(name[:15])
+
+
 def _serve(conn: Connection, settings: WorkerSettings) -> None:
     """The worker's loop: (method, args) in, ("ok", result) or ("error", (kind, text)) out."""
+    name_process(f"pirm-tf-{settings.device}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
     try:
         from services.inference.runtime import ModelRuntime
@@ -237,12 +244,13 @@ def _data_segment_bytes() -> int:
 
 def measure_peak_memory(settings: WorkerSettings, model: ModelSource, image: Any,
                         limit_bytes: int, timeout_s: float = 600.0,
-                        abort: threading.Event | None = None) -> int:
+                        abort: threading.Event | None = None,
+                        spare: SpareProcess | None = None) -> int:
     """Peak memory in bytes of loading and running the model once on `image`; Cancelled (the
     probe killed) when `abort` is set meanwhile."""
     before, peak = call_in_fresh_process(
         _probe_memory, (settings, model, image, limit_bytes), name="inference-memory-probe",
-        timeout_s=timeout_s, abort=abort, task="the memory probe",
+        timeout_s=timeout_s, abort=abort, task="the memory probe", spare=spare,
         likely_cause=f"most likely it exceeds the memory limit of {limit_bytes / 2**20:.0f} MiB")
     return max(0, int(peak) - int(before))
 
@@ -257,18 +265,112 @@ def _run_once(conn: Connection, function: Callable[..., Any], args: tuple[Any, .
     conn.send(_outcome(lambda: function(*args)))
 
 
-def call_in_fresh_process(function: Callable[..., Any], args: tuple[Any, ...], *, name: str,
-                          timeout_s: float, task: str, likely_cause: str = "",
-                          abort: threading.Event | None = None, quiet: bool = False) -> Any:
-    """`function(*args)` in a fresh (spawned) process, so that an untrusted model that crashes
-    or exhausts TensorFlow takes down only that process. Its domain errors are raised here;
-    its death is an InvalidArgument naming the `task` (a noun phrase: "the memory probe");
-    Cancelled when `abort` is set. `quiet`: its stdout and stderr go to /dev/null."""
+def _wait_for_call(conn: Connection) -> None:
+    """A spare: imports TensorFlow, says so, then runs the one call it is sent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    name_process("pirm-tf-spare")
+    import services.inference.runtime  # noqa: F401 - TensorFlow's import is what is saved
+
+    conn.send("ready")
+    function, args = conn.recv()
+    conn.send(_outcome(lambda: function(*args)))
+
+
+class SpareProcess:
+    """One spawned process that has already imported TensorFlow and waits for a single call:
+    a fresh process for each memory probe without its 3-5 s import in the job. The next spare
+    is started after each call; timings wait for it (`wait_ready`) so that its import never
+    runs beside a measurement."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spare: tuple[multiprocessing.process.BaseProcess, Connection] | None = None
+        self._warming: threading.Thread | None = None
+        self._starting: multiprocessing.process.BaseProcess | None = None
+        self._closed = False
+
+    def prepare(self) -> None:
+        with self._lock:
+            if self._closed or self._spare is not None or self._warming is not None:
+                return
+            self._warming = threading.Thread(target=self._warm, daemon=True,
+                                             name="inference-spare")
+            self._warming.start()
+
+    def _warm(self) -> None:
+        parent, child = _CONTEXT.Pipe()
+        process = _CONTEXT.Process(target=_wait_for_call, args=(child,), daemon=True,
+                                   name="inference-memory-probe")
+        with self._lock:
+            process.start()
+            self._starting = process
+        child.close()
+        try:
+            ready = parent.poll(300) and parent.recv() == "ready"
+        except EOFError:
+            ready = False
+        with self._lock:
+            self._warming, self._starting = None, None
+            keep = ready and not self._closed
+            if keep:
+                self._spare = (process, parent)
+        if not keep:
+            if not ready and not self._closed:
+                log.warning("a spare TensorFlow process did not start; probes spawn their own")
+            process.kill()
+            process.join(5)
+
+    def wait_ready(self) -> None:
+        with self._lock:
+            warming = self._warming
+        if warming is not None:
+            warming.join()
+
+    def take(self) -> tuple[multiprocessing.process.BaseProcess, Connection] | None:
+        self.wait_ready()
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and not spare[0].is_alive():
+            return None
+        return spare
+
+    def close(self) -> None:
+        """Kills the spare, and one still importing (no wait for it)."""
+        with self._lock:
+            self._closed = True
+            spare, self._spare = self._spare, None
+            if self._starting is not None:
+                self._starting.kill()
+        if spare is not None:
+            spare[0].kill()
+            spare[0].join(5)
+
+
+def _start(function: Callable[..., Any], args: tuple[Any, ...], name: str, quiet: bool,
+           spare: SpareProcess | None) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    """A process running function(*args): the spare if one is ready, else a new one."""
+    taken = spare.take() if spare is not None and not quiet else None
+    if taken is not None:
+        taken[1].send((function, args))
+        return taken
     parent, child = _CONTEXT.Pipe()
     process = _CONTEXT.Process(target=_run_once, args=(child, function, args, quiet),
                                daemon=True, name=name)
     process.start()
     child.close()
+    return process, parent
+
+
+def call_in_fresh_process(function: Callable[..., Any], args: tuple[Any, ...], *, name: str,
+                          timeout_s: float, task: str, likely_cause: str = "",
+                          abort: threading.Event | None = None, quiet: bool = False,
+                          spare: SpareProcess | None = None) -> Any:
+    """`function(*args)` in a fresh (spawned) process, so that an untrusted model that crashes
+    or exhausts TensorFlow takes down only that process. Its domain errors are raised here;
+    its death is an InvalidArgument naming the `task` (a noun phrase: "the memory probe");
+    Cancelled when `abort` is set. `quiet`: its stdout and stderr go to /dev/null. `spare`:
+    use its waiting process (and start the next one afterwards)."""
+    process, parent = _start(function, args, name, quiet, spare)
     try:
         deadline = time.monotonic() + timeout_s
         while not parent.poll(_POLL_S):
@@ -287,6 +389,8 @@ def call_in_fresh_process(function: Callable[..., Any], args: tuple[Any, ...], *
         if process.is_alive():
             process.terminate()
         process.join(5)
+        if spare is not None:
+            spare.prepare()
     if status == "error":
         _raise(*value)
     return value

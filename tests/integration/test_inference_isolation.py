@@ -62,6 +62,7 @@ def _worker_pids() -> list[int]:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
         if (parent == os.getpid() and b"spawn_main" in cmdline
+                and (entry / "comm").read_text().startswith("pirm-tf-cpu")
                 and int(entry.name) not in _OTHER_WORKERS):
             pids.append(int(entry.name))
     return pids
