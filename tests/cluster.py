@@ -11,6 +11,7 @@ import grpc
 import pytest
 from pirm.v1 import inference_pb2_grpc, metrics_pb2_grpc, scorer_pb2_grpc
 
+from services.cli.cluster import SERVICES, LocalCluster, free_port
 from services.common.server import RunningServer, open_channel
 from services.inference.server import create_server as create_inference
 from services.inference.timing import TimingOptions
@@ -72,3 +73,16 @@ def metrics_stub(cluster: Cluster) -> metrics_pb2_grpc.MetricsServiceStub:
 @pytest.fixture(scope="session")
 def scorer_stub(cluster: Cluster) -> scorer_pb2_grpc.ScorerServiceStub:
     return scorer_pb2_grpc.ScorerServiceStub(cluster.channel(cluster.scorer))
+
+
+def supervised_cluster(state: Path) -> LocalCluster:
+    """`pirm up`'s three processes on free ports under its supervisor (a killed service comes
+    back), with the store in `state` and TEST_TIMING's short timing; not yet started."""
+    timing = {"WARMUP_RUNS": TEST_TIMING.warmup_runs, "MIN_RUNS": TEST_TIMING.min_runs,
+              "MIN_SECONDS": TEST_TIMING.min_seconds, "MAX_RUNS": TEST_TIMING.max_runs}
+    return LocalCluster(
+        ports={service: free_port() for service in SERVICES},
+        log_dir=state / "logs",
+        extra_env={"PIRM_STORE": str(state / "scorer.db"), "PIRM_STATE_DIR": str(state),
+                   **{f"PIRM_TIMING_{name}": f"{value:g}" for name, value in timing.items()}},
+    )

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc, scorer_pb2
 
-from services.cli.cluster import SERVICES, LocalCluster, free_port, wait_serving
+from services.cli.cluster import free_port, wait_serving
 from services.client import ScorerClient
 from services.common.server import open_channel
 from services.common.tensors import from_tensor, to_tensor
@@ -30,7 +30,7 @@ from services.scorer.samples import make_sample_dataset
 from services.scorer.scoring import Track
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
-from tests.cluster import TEST_TIMING, Cluster
+from tests.cluster import TEST_TIMING, Cluster, supervised_cluster
 from tests.integration.helpers import slow_graph
 from tests.reference import psnr_ref
 
@@ -58,13 +58,7 @@ def slow_model_outputs(model: bytes, inputs: list[np.ndarray]) -> list[np.ndarra
 def test_killed_inference_and_metrics_are_waited_for_and_the_job_completes(
         tmp_path: Path) -> None:
     store = tmp_path / "scorer.db"
-    cluster = LocalCluster(
-        ports={service: free_port() for service in SERVICES},
-        log_dir=tmp_path / "logs",
-        extra_env={"PIRM_STORE": str(store), "PIRM_STATE_DIR": str(tmp_path),
-                   "PIRM_TIMING_WARMUP_RUNS": "1", "PIRM_TIMING_MIN_RUNS": "2",
-                   "PIRM_TIMING_MIN_SECONDS": "0", "PIRM_TIMING_MAX_RUNS": "3"},
-    )
+    cluster = supervised_cluster(tmp_path)
     cluster.start()
     try:
         dataset = make_sample_dataset(tmp_path, Track.B, patches_per_photo=3)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from pirm.v1 import scorer_pb2
 
-from services.cli.cluster import SERVICES, LocalCluster, free_port, wait_serving
+from services.cli.cluster import wait_serving
 from services.client import ScorerClient
 from services.common.auth import Role
 from services.scorer.samples import make_sample_dataset
 from services.scorer.scoring import Track
+from tests.cluster import supervised_cluster
 from tests.integration.helpers import inferences_of, slow_graph
 
 KILL_AFTER_IMAGES = 8  # stored before the kill; more than the pipeline can hold unstored
@@ -33,13 +34,7 @@ def wait_for(condition: object, what: str) -> None:
 
 def test_killed_scorer_restarts_and_finishes_its_job_once(tmp_path: Path) -> None:
     store = tmp_path / "scorer.db"
-    cluster = LocalCluster(
-        ports={service: free_port() for service in SERVICES},
-        log_dir=tmp_path / "logs",
-        extra_env={"PIRM_STORE": str(store), "PIRM_STATE_DIR": str(tmp_path),
-                   "PIRM_TIMING_WARMUP_RUNS": "1", "PIRM_TIMING_MIN_RUNS": "2",
-                   "PIRM_TIMING_MIN_SECONDS": "0", "PIRM_TIMING_MAX_RUNS": "3"},
-    )
+    cluster = supervised_cluster(tmp_path)
     cluster.start()
     try:
         dataset = make_sample_dataset(tmp_path, Track.B, patches_per_photo=4)
