@@ -12,7 +12,7 @@ CLIENT_VENV := build/client-venv
 STAMP_CLIENT := $(CLIENT_VENV)/.installed
 
 .PHONY: setup protos kubectl prometheus chromium run test lint unit integration deploy-test clean \
-	bench-inference bench-metrics bench-e2e
+	bench-inference bench-metrics bench-e2e bench-load
 
 setup: $(STAMP_INSTALL) $(STAMP_PROTOS) $(STAMP_CLIENT) kubectl prometheus chromium
 
@@ -98,6 +98,10 @@ bench-metrics: setup
 
 bench-e2e: setup
 	$(BIN)/python -m bench.bench_e2e
+
+# Not a comparison: many clients and jobs on a local cluster, with correctness and memory checks.
+bench-load: setup
+	$(BIN)/python bench/bench_load.py
 
 clean:
 	rm -rf build var .pytest_cache .mypy_cache .ruff_cache
