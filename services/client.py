@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
 from services.common.config import DEFAULT_MAX_MESSAGE_MB
@@ -31,6 +33,10 @@ from services.scorer.wire import (
 )
 
 DEFAULT_TARGET = "127.0.0.1:50053"
+
+
+FINAL_STATES = (scorer_pb2.JOB_STATE_SUCCEEDED, scorer_pb2.JOB_STATE_FAILED,
+                scorer_pb2.JOB_STATE_CANCELLED)
 
 
 class ScorerClient:
@@ -103,9 +109,22 @@ class ScorerClient:
     def wait(self, job_id: str, timeout_s: float = 3600.0) -> scorer_pb2.Job:
         """Blocks until the job is final (succeeded, failed or cancelled) and returns it."""
         job = self.get(job_id)
-        for update in self.watch(job_id, timeout_s):
-            job = update
+        try:
+            for update in self.watch(job_id, timeout_s):
+                job = update
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            return self._poll(job_id, timeout_s)  # the scorer streams enough watches already
         return job
+
+    def _poll(self, job_id: str, timeout_s: float, every_s: float = 2.0) -> scorer_pb2.Job:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.get(job_id)
+            if job.state in FINAL_STATES or time.monotonic() > deadline:
+                return job
+            time.sleep(every_s)
 
     def cancel(self, job_id: str) -> scorer_pb2.Job:
         """Stops a queued or running job; a finished job comes back unchanged."""

@@ -12,6 +12,8 @@ MIB = 1024 * 1024
 # An HD float32 image is 1280*720*3*4 = 11 MB; full-size DIV2K images about 33 MB.
 DEFAULT_MAX_MESSAGE_MB = 64
 
+# gRPC handler threads: the scorer's WatchJob streams each hold one while their job runs.
+DEFAULT_WORKERS = {"inference": 8, "metrics": 8, "scorer": 64}
 DEFAULT_PORTS = {"inference": 50051, "metrics": 50052, "scorer": 50053}
 # Where each service serves its Prometheus metrics (/metrics over HTTP).
 DEFAULT_METRICS_PORTS = {"inference": 9101, "metrics": 9102, "scorer": 9103}
@@ -46,7 +48,8 @@ def add_server_flags(parser: argparse.ArgumentParser, service: str) -> None:
         help="largest gRPC message accepted or sent, in MiB (env PIRM_MAX_MESSAGE_MB)",
     )
     parser.add_argument(
-        "--workers", type=int, default=env_default(f"{prefix}_WORKERS", 8, int),
+        "--workers", type=int,
+        default=env_default(f"{prefix}_WORKERS", DEFAULT_WORKERS[service], int),
         help=f"gRPC handler threads (env {prefix}_WORKERS)",
     )
     parser.add_argument(

@@ -62,7 +62,7 @@ class ScorerConfig:
     backends: ChannelSecurity = field(default_factory=ChannelSecurity)  # to inference, metrics
 
 
-def create_server(address: str, config: ScorerConfig, workers: int = 16) -> RunningServer:
+def create_server(address: str, config: ScorerConfig, workers: int = 64) -> RunningServer:
     store = JobStore(config.store)
     inference = InferencePool(config.inference, config.max_message_mb,
                               security=config.backends)
@@ -84,7 +84,9 @@ def create_server(address: str, config: ScorerConfig, workers: int = 16) -> Runn
     )
     runner = JobRunner(store, inference, metrics, settings, config.concurrency)
     servicer = ScorerServicer(store, runner, inference, config.max_model_bytes, config.limits,
-                              config.data_roots)
+                              config.data_roots,
+                              # a quarter of the threads stays free of WatchJob streams
+                              max_watchers=max(1, workers * 3 // 4))
     binding = ServiceBinding(SERVICE_NAME, scorer_pb2_grpc.add_ScorerServiceServicer_to_server,
                              servicer)
     running = create_grpc_server(address, [binding], config.max_message_mb, workers,

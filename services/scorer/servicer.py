@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,12 @@ import grpc
 from pirm.v1 import scorer_pb2, scorer_pb2_grpc
 
 from services.common.auth import caller
-from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from services.common.limits import check_model_size, confined_path
 from services.metrics.quality import PairQuality
 from services.scorer.access import check_staff, check_visible, submitting_team, visible_team
@@ -44,6 +50,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         self, store: JobStore, runner: JobRunner, inference: InferenceBackend,
         max_model_bytes: int, limits: QueueLimits | None = None,
         data_roots: tuple[Path, ...] = (),
+        max_watchers: int = 48,
     ) -> None:
         self.store = store
         self.runner = runner
@@ -51,6 +58,10 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         self.max_model_bytes = max_model_bytes
         self.limits = limits or QueueLimits()
         self.data_roots = data_roots
+        # A watch holds one of the server's threads for as long as its job runs: capped below
+        # the thread count so that unary calls and health checks always find a thread.
+        self.max_watchers = max_watchers
+        self._watchers = threading.BoundedSemaphore(max_watchers)
 
     def SubmitJob(
         self, request: scorer_pb2.SubmitJobRequest, context: grpc.ServicerContext
@@ -116,11 +127,21 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     def WatchJob(
         self, request: scorer_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> Iterator[scorer_pb2.Job]:
+        self._visible_job(request.job_id)
+        if not self._watchers.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"{self.max_watchers} jobs are being watched, the most this scorer streams at "
+                "once: poll GetJob instead, or watch again later", retry_after_s=5)
+        try:
+            yield from self._watch(request.job_id, context)
+        finally:
+            self._watchers.release()
+
+    def _watch(self, job_id: str, context: grpc.ServicerContext) -> Iterator[scorer_pb2.Job]:
         last = None
         version = self.runner.version
-        self._visible_job(request.job_id)
         while context.is_active():
-            message = job_message(self.store.get_job(request.job_id))
+            message = job_message(self.store.get_job(job_id))
             if message != last:
                 yield message
                 last = message

@@ -8,11 +8,9 @@ from inference import open_inference_pb2 as oip
 from inference import open_inference_pb2_grpc as oip_grpc
 from pirm.v1 import scorer_pb2, scorer_pb2_grpc
 
+from services.client import FINAL_STATES
 from services.common.server import open_channel
 from services.common.transport import ChannelSecurity
-
-FINAL_STATES = (scorer_pb2.JOB_STATE_SUCCEEDED, scorer_pb2.JOB_STATE_FAILED,
-                scorer_pb2.JOB_STATE_CANCELLED)
 
 
 def graph_bytes(build: object) -> bytes:

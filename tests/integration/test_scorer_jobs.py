@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 
-from services.cli.cluster import free_port
+from services.cli.cluster import free_port, is_serving
+from services.client import ScorerClient
 from services.common.server import RunningServer, open_channel
 from services.common.tensors import to_tensor
 from services.inference.server import create_server as create_inference
@@ -229,3 +230,42 @@ def test_datasets_over_the_image_limit_are_refused(pooled: Pooled,
         submit(pooled.stub, big, srcnn_graph_def(), team="big")
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "at most 100" in (refused.value.details() or "")
+
+
+def test_watches_are_capped_so_the_scorer_keeps_answering(cluster: Cluster, patches: Path,
+                                                          tmp_path: Path) -> None:
+    """Each WatchJob stream holds a server thread while its job waits: with 4 threads at most
+    3 watches stream, the next is refused with a retry hint, GetJob and health still answer, and
+    ScorerClient.wait falls back to polling."""
+    scorer = create_scorer("127.0.0.1:0", ScorerConfig(
+        inference=cluster.target(cluster.inference), metrics=cluster.target(cluster.metrics),
+        store=tmp_path / "scorer.db", state_dir=tmp_path, timing=TEST_TIMING), workers=4)
+    target = f"127.0.0.1:{scorer.port}"
+    try:
+        with open_channel(target, 64) as channel:
+            stub = scorer_pb2_grpc.ScorerServiceStub(channel)
+            jobs = [submit(stub, patches, slow_graph(), team="watch", model_name="slow")]
+            jobs += [submit(stub, patches, srcnn_graph_def(seed=seed), team="watch")
+                     for seed in range(4)]
+            stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=jobs[-1].job_id))
+            watches = [stub.WatchJob(scorer_pb2.GetJobRequest(job_id=job.job_id), timeout=300)
+                       for job in jobs[1:4]]
+            for watch in watches:
+                assert next(iter(watch)).state == scorer_pb2.JOB_STATE_QUEUED  # streaming
+            with pytest.raises(grpc.RpcError) as refused:
+                next(iter(stub.WatchJob(scorer_pb2.GetJobRequest(job_id=jobs[0].job_id),
+                                        timeout=30)))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "poll GetJob" in (refused.value.details() or "")
+            assert ("retry-after-s", "5") in tuple(refused.value.trailing_metadata())
+            assert stub.GetJob(scorer_pb2.GetJobRequest(job_id=jobs[0].job_id), timeout=5)
+            assert is_serving(target, timeout_s=5)
+            with ScorerClient(target) as client:  # polls, as the watches are all taken
+                assert client.wait(jobs[-1].job_id, timeout_s=30).state == \
+                    scorer_pb2.JOB_STATE_CANCELLED
+            for job in jobs:
+                stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=job.job_id))
+            for watch in watches:
+                assert list(watch)[-1].state == scorer_pb2.JOB_STATE_CANCELLED
+    finally:
+        scorer.stop(grace=1.0)
