@@ -79,6 +79,11 @@ def require_role(principal: Principal, roles: Iterable[Role], action: str) -> No
                                f"{principal}'s")
 
 
+def _fields(line: str) -> list[str]:
+    """The fields of one tokens-file line, comments dropped."""
+    return line.split("#", 1)[0].split()
+
+
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -105,7 +110,7 @@ class Tokens:
         seen: set[bytes] = set()
         internal = None
         for number, line in enumerate(text.splitlines(), start=1):
-            fields = line.split("#", 1)[0].split()
+            fields = _fields(line)
             if not fields:
                 continue
             where = f"{origin} line {number}"
@@ -172,7 +177,7 @@ def write_tokens_file(path: Path, entries: Iterable[tuple[Role, str]]) -> dict[R
 def token_of(tokens_file: Path, role: Role) -> str | None:
     """The token in clear of the first `role` line of a tokens file (for local clients)."""
     for line in tokens_file.read_text().splitlines():
-        fields = line.split("#", 1)[0].split()
+        fields = _fields(line)
         if len(fields) == 3 and fields[0] == role.value:
             return fields[2]
     return None
