@@ -29,7 +29,7 @@ from services.scorer.protocol import (
     QUALITY_OPTIONS,
     QualityItem,
     check_defined,
-    prepare_quality_pair,
+    prepare_quality_pixels,
     quality_items,
 )
 from services.scorer.scoring import Track
@@ -170,7 +170,7 @@ def _measure(spec: ShardSpec, models: list[BatchModel], pairs: list[Pair],
         options = QUALITY_OPTIONS[spec.track]
 
         def prepare(pair: Pair) -> tuple[Pair, np.ndarray, np.ndarray]:
-            return (pair, *prepare_quality_pair(spec.track, pair.item))
+            return (pair, *prepare_quality_pixels(spec.track, pair.item))
 
         def infer(work: tuple[Pair, np.ndarray, np.ndarray]
                   ) -> tuple[Pair, np.ndarray, np.ndarray]:

@@ -212,8 +212,8 @@ class Engine:
         start = time.perf_counter_ns()
         try:
             with self._device_locks[device].shared():
-                output, run_ms = self._worker(device).call("run", name, image,
-                                                           models=self._sources_of(name))
+                output, run_ms = self._worker(device).run(name, image,
+                                                          models=self._sources_of(name))
         except PirmError:
             if record:
                 self._record(name, time.perf_counter_ns() - start, None)
@@ -370,6 +370,7 @@ def _as_model_input(image: np.ndarray) -> np.ndarray:
         image = image[np.newaxis]
     if image.ndim != 4 or image.shape[0] != 1 or image.shape[3] != 3 or 0 in image.shape:
         raise InvalidArgument(f"model input must be [1, H, W, 3], got shape {image.shape}")
-    if image.dtype != np.float32:
-        raise InvalidArgument(f"model input must be float32 in [0, 1], got {image.dtype}")
+    if image.dtype not in (np.float32, np.uint8):
+        raise InvalidArgument(f"model input must be float32 in [0, 1] or uint8 pixels (fed as "
+                              f"value / 255), got {image.dtype}")
     return image

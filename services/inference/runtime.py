@@ -19,6 +19,7 @@ from services.common.errors import (  # noqa: E402
     MemoryLimitExceeded,
     NotFound,
 )
+from services.common.tensors import as_unit_float32  # noqa: E402
 from services.inference.graphs import GraphSpec, parse_graph  # noqa: E402
 from services.inference.timing import (  # noqa: E402
     Comparison,
@@ -101,24 +102,29 @@ class ModelRuntime:
         if model is not None:
             model.session.close()
 
+    # Inputs arrive as float32 in [0, 1] or as uint8 pixels (a quarter of the bytes to move),
+    # which become value / 255 here, outside every timer.
+
     def run(self, name: str, image: np.ndarray) -> tuple[np.ndarray, float]:
-        model = self._model(name)
+        model, image = self._model(name), as_unit_float32(image)
         start = time.perf_counter_ns()
         output = model.run(image)
         return output, (time.perf_counter_ns() - start) / 1e6
 
     def benchmark(self, name: str, image: np.ndarray, options: TimingOptions) -> Timing:
-        model = self._model(name)
+        model, image = self._model(name), as_unit_float32(image)
         return measure(lambda: model.run(image), options)
 
     def benchmark_pirm2018(self, name: str, images: list[np.ndarray]) -> Timing:
         model = self._model(name)
+        images = [as_unit_float32(image) for image in images]
         return measure_pirm2018(lambda index: model.run(images[index]), len(images))
 
     def compare(self, name: str, baseline: str, image: np.ndarray,
                 options: TimingOptions) -> Comparison:
         """Times the model and the baseline in alternation (A B A B ...) so drift cancels."""
         model, base = self._model(name), self._model(baseline)
+        image = as_unit_float32(image)
         return measure_interleaved(lambda: model.run(image), lambda: base.run(image), options)
 
     def gpu_peak_bytes(self) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 from services.common import errors
 from services.inference import telemetry
+from services.inference.exchange import ServerTensors, WorkerTensors
 
 log = logging.getLogger(__name__)
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -78,12 +79,17 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
     if settings.data_limit_bytes:
         cap_data_segment(settings.data_limit_bytes)
     conn.send(("ok", None))
+    shared = WorkerTensors(conn, runtime)
     while True:
         try:
             method, args = conn.recv()
         except (EOFError, OSError):
             return
-        conn.send(_call(runtime, method, args))
+        target = shared if method in _SHARED_METHODS else runtime
+        conn.send(_call(target, method, args))
+
+
+_SHARED_METHODS = frozenset({"map_tensors", "run_shared"})
 
 
 def _call(target: Any, method: str, args: tuple[Any, ...]) -> tuple[str, Any]:
@@ -118,6 +124,7 @@ class Worker:
         self._lock = threading.Lock()
         self._process: Any = None
         self._conn: Connection | None = None
+        self._tensors = ServerTensors()
 
     @property
     def running(self) -> bool:
@@ -130,18 +137,40 @@ class Worker:
         (a session run cannot be interrupted otherwise) and Cancelled raised; the next call
         starts a fresh worker."""
         with self._lock:
-            if not self.running:
-                self._start()
-            for model in models:
-                if model.name not in self.loaded:
-                    self._request("load", model.load_args())
-                    self.loaded.add(model.name)
+            self._prepare(models)
             return self._request(method, args, abort)
+
+    def run(self, name: str, image: Any,
+            models: tuple[ModelSource, ...] = ()) -> tuple[Any, float]:
+        """One run of a model: the image in and its output out through shared memory (see
+        exchange.py), not the pipe. Returns (output, milliseconds of the run)."""
+        with self._lock:
+            self._prepare(models)
+            size = self._tensors.needs_region(image)
+            if size:
+                assert self._conn is not None
+                self._tensors.map_new(size, self._conn, self._process.pid)
+                self._receive_result("map_tensors")
+            args = (name, *self._tensors.write_input(image))
+            run_ms = self._request("run_shared", args)
+            return self._tensors.read_output(image), run_ms
+
+    def _prepare(self, models: tuple[ModelSource, ...]) -> None:
+        """A running worker holding `models`."""
+        if not self.running:
+            self._start()
+        for model in models:
+            if model.name not in self.loaded:
+                self._request("load", model.load_args())
+                self.loaded.add(model.name)
 
     def _request(self, method: str, args: tuple[Any, ...],
                  abort: threading.Event | None = None) -> Any:
         assert self._conn is not None
         self._conn.send((method, args))
+        return self._receive_result(method, abort)
+
+    def _receive_result(self, method: str, abort: threading.Event | None = None) -> Any:
         status, value = self._receive(method, abort)
         if status == "error":
             _raise(*value)
@@ -160,6 +189,7 @@ class Worker:
         child.close()
         self._conn = parent
         self.loaded.clear()
+        self._tensors.close()  # a new process maps a new region on its first run
         status, value = self._receive("start")
         if status == "error":
             self._process.join(5)
@@ -205,6 +235,7 @@ class Worker:
                 self._process.terminate()
                 self._process.join(5)
             self._process = None
+            self._tensors.close()
 
 
 # -- peak memory of a model in a fresh process -------------------------------------------------

@@ -25,7 +25,7 @@ from services.scorer.protocol import (
     QUALITY_OPTIONS,
     QualityItem,
     check_defined,
-    prepare_quality_pair,
+    prepare_quality_pixels,
     quality_items,
     timing_input,
 )
@@ -195,7 +195,7 @@ class Evaluation:
         track = self.spec.track
 
         def prepare(item: QualityItem) -> tuple[QualityItem, np.ndarray, np.ndarray]:
-            return (item, *prepare_quality_pair(track, item))
+            return (item, *prepare_quality_pixels(track, item))
 
         def infer(work: tuple[QualityItem, np.ndarray, np.ndarray]
                   ) -> tuple[QualityItem, np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from services.common.errors import InvalidArgument
+from services.common.tensors import as_unit_float32
 from services.metrics.quality import Flavor, PairQuality, QualityOptions
 from services.scorer.scoring import Track
 
@@ -97,16 +98,23 @@ def timing_image_path(dataset: Path) -> Path:
 
 def prepare_quality_pair(track: Track, item: QualityItem) -> tuple[np.ndarray, np.ndarray]:
     """(model input float32 [1, H, W, 3] in [0, 1], target uint8 [H, W, 3])."""
+    pixels, target = prepare_quality_pixels(track, item)
+    return as_unit_float32(pixels), target
+
+
+def prepare_quality_pixels(track: Track, item: QualityItem) -> tuple[np.ndarray, np.ndarray]:
+    """(model input as uint8 pixels [1, H, W, 3], target uint8 [H, W, 3]): what the pipeline
+    sends, a quarter of the float32 input's bytes; the inference service feeds value / 255."""
     if track is Track.A:
         target = crop_to_scale(read_rgb(item.target))
-        return to_model_input(downscaled_upscaled(target)), target
+        return downscaled_upscaled(target)[np.newaxis], target
     assert item.source is not None
     source, target = read_rgb(item.source), read_rgb(item.target)
     if source.shape != target.shape:
         raise InvalidArgument(
             f"patch {item.name}: iphone {source.shape} and canon {target.shape} differ in size"
         )
-    return to_model_input(source), target
+    return source[np.newaxis], target
 
 
 def timing_input(track: Track, dataset: Path) -> np.ndarray:
@@ -143,7 +151,7 @@ def downscaled_upscaled(image: np.ndarray) -> np.ndarray:
 
 
 def to_model_input(image: np.ndarray) -> np.ndarray:
-    return (image.astype(np.float32) / np.float32(255.0))[np.newaxis]
+    return as_unit_float32(image)[np.newaxis]
 
 
 def read_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:

@@ -90,6 +90,8 @@ def test_crash_in_worker_fails_the_request_and_the_service_recovers(
     quick = inference_pb2.TimingOptions(warmup_runs=1, min_runs=2, max_runs=3)
     stub.Benchmark(inference_pb2.BenchmarkRequest(model="m", input=to_tensor(image),
                                                   options=quick), timeout=120)
+    # An inference first: the worker that dies holds a shared-memory region the next must not.
+    stub.Infer(inference_pb2.InferRequest(model="m", input=to_tensor(image)), timeout=60)
     thread = threading.Thread(target=long_benchmark)
     thread.start()
     time.sleep(3)  # the worker is in the timing loop

@@ -44,6 +44,41 @@ def test_hd_image_round_trip_equals_plain_session(pirm_data: Path, inference_stu
     assert response.run_ms > 0
 
 
+def test_uint8_pixels_are_fed_as_value_over_255(pirm_data: Path, inference_stub: Stub) -> None:
+    pb = (pirm_data / "models_pretrained" / "dped_srcnn.pb").read_bytes()
+    _load(inference_stub, "srcnn-u8", pb)
+    pixels = np.random.default_rng(1).integers(0, 256, (1, 180, 320, 3), dtype=np.uint8)
+    as_float = pixels.astype(np.float32) / np.float32(255)  # SPEC section 2, step 2
+
+    def infer(image: np.ndarray) -> np.ndarray:
+        request = inference_pb2.InferRequest(model="srcnn-u8", input=to_tensor(image))
+        return from_tensor(inference_stub.Infer(request, timeout=120).output)
+
+    from_pixels = infer(pixels)
+    assert from_pixels.dtype == np.float32 and from_pixels.shape == pixels.shape
+    np.testing.assert_array_equal(from_pixels, infer(as_float))  # the same run, bit for bit
+    np.testing.assert_allclose(from_pixels, run_graph(pb, [as_float])[0], atol=1e-5)
+
+
+def test_images_of_changing_sizes_come_back_whole(inference_stub: Stub) -> None:
+    # Inputs and outputs cross to the worker through a shared region that grows with the
+    # largest image; a smaller one after a larger one must not read a stale tail.
+    _load(inference_stub, "relu", graph_bytes(_identity_like))
+    rng = np.random.default_rng(2)
+    for height, width, dtype in [(8, 8, np.float32), (1356, 2040, np.uint8), (40, 30, np.uint8),
+                                 (720, 1280, np.float32), (1400, 2100, np.float32),
+                                 (5, 7, np.float32)]:
+        if dtype == np.uint8:
+            image = rng.integers(0, 256, (1, height, width, 3), dtype=np.uint8)
+            expected = image.astype(np.float32) / np.float32(255)
+        else:
+            image = rng.standard_normal((1, height, width, 3), dtype=np.float32)
+            expected = np.maximum(image, 0)
+        request = inference_pb2.InferRequest(model="relu", input=to_tensor(image))
+        output = from_tensor(inference_stub.Infer(request, timeout=60).output)
+        np.testing.assert_array_equal(output, expected)
+
+
 def test_benchmark_reports_consistent_statistics(inference_stub: Stub) -> None:
     pb = graph_bytes(_identity_like)
     _load(inference_stub, "tiny", pb)
