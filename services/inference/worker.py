@@ -244,10 +244,16 @@ class Worker:
 def _probe_memory(settings: WorkerSettings, model: ModelSource, image: Any,
                   limit_bytes: int) -> tuple[int, int]:
     """Loads and runs the model once in this fresh process; returns its resident size before
-    the model was loaded and the kernel's peak resident size (ru_maxrss) after the run."""
-    from services.inference.runtime import ModelRuntime, peak_resident_bytes, resident_bytes
+    the model was loaded and the kernel's peak resident size (VmHWM) after the run."""
+    from services.inference.runtime import (
+        ModelRuntime,
+        peak_resident_bytes,
+        reset_peak_resident,
+        resident_bytes,
+    )
 
     runtime = ModelRuntime(settings.device, settings.intra_op_threads, settings.inter_op_threads)
+    reset_peak_resident()
     before = resident_bytes()
     # Allocations beyond the limit fail inside TensorFlow instead of exhausting the node.
     cap_data_segment(limit_bytes + limit_bytes // 4)

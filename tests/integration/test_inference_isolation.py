@@ -115,11 +115,16 @@ def test_peak_memory_is_measured(server: tuple[RunningServer, Stub]) -> None:
                    timeout=60)
     image = np.zeros((1, 256, 256, 3), np.float32)
     tiled_mb = 256 * 16 * 256 * 16 * 3 * 4 / MIB  # the tensor the model must hold: 192 MiB
-    timing = stub.Benchmark(inference_pb2.BenchmarkRequest(
-        model="tiler", input=to_tensor(image), measure_memory=True,
-        options=inference_pb2.TimingOptions(warmup_runs=1, min_runs=1, min_seconds=0.0,
-                                            max_runs=1)), timeout=300).timing
-    assert tiled_mb <= timing.peak_memory_mb < 4 * tiled_mb
+    # The server (this test's process) once held far more than the model: a probe spawned
+    # after that must still report the model's own peak (ru_maxrss would inherit this one).
+    server_peak = np.ones(1280 * MIB, np.uint8)
+    del server_peak
+    for _ in range(2):  # the first probe's spare existed before; the second's is spawned after
+        timing = stub.Benchmark(inference_pb2.BenchmarkRequest(
+            model="tiler", input=to_tensor(image), measure_memory=True,
+            options=inference_pb2.TimingOptions(warmup_runs=1, min_runs=1, min_seconds=0.0,
+                                                max_runs=1)), timeout=300).timing
+        assert tiled_mb <= timing.peak_memory_mb < 4 * tiled_mb
 
 
 @pytest.mark.parametrize("server", [100], indirect=True)
