@@ -68,6 +68,7 @@ def test_images_of_changing_sizes_come_back_whole(inference_stub: Stub) -> None:
     for height, width, dtype in [(8, 8, np.float32), (1356, 2040, np.uint8), (40, 30, np.uint8),
                                  (720, 1280, np.float32), (1400, 2100, np.float32),
                                  (5, 7, np.float32)]:
+        image: np.ndarray
         if dtype == np.uint8:
             image = rng.integers(0, 256, (1, height, width, 3), dtype=np.uint8)
             expected = image.astype(np.float32) / np.float32(255)
