@@ -136,11 +136,12 @@ class ScorerClient:
         return self._stub.SetMos(scorer_pb2.SetMosRequest(job_id=job_id, mos=mos),
                                  timeout=self._deadline)
 
-    def report_image_results(self, job_id: str,
-                             results: Mapping[str, PairQuality]) -> scorer_pb2.Job:
+    def report_image_results(self, job_id: str, results: Mapping[str, PairQuality],
+                             error: str = "") -> scorer_pb2.Job:
         """A batch shard's figures for images of a sharded job, by image file name; an image
-        already stored keeps its first figures."""
-        request = scorer_pb2.ReportImageResultsRequest(job_id=job_id, results=[
+        already stored keeps its first figures. `error`: the shard could not evaluate an image
+        of the job, which then fails with this reason."""
+        request = scorer_pb2.ReportImageResultsRequest(job_id=job_id, error=error, results=[
             scorer_pb2.ImageResult(image=image, psnr=q.psnr, msssim=q.msssim)
             for image, q in results.items()])
         return self._stub.ReportImageResults(request, timeout=self._deadline)

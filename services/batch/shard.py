@@ -19,7 +19,7 @@ from pirm.v1 import scorer_pb2
 
 from services.client import ScorerClient
 from services.common.config import DEFAULT_MAX_MESSAGE_MB
-from services.common.errors import InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.transport import ChannelSecurity
 from services.metrics.quality import PairQuality
 from services.scorer.clients import InferencePool, MetricsPool, call_with_retry
@@ -77,6 +77,23 @@ class ShardReport:
     pairs: int  # this shard's pairs
     reported: int  # of them, measured and reported now
     skipped_jobs: list[str]  # jobs no longer waiting for shards (already complete or finished)
+    failed_jobs: list[str] = field(default_factory=list)  # their model failed on an image here
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A pair's figures, or why its job fails; neither: skipped (its job has ended)."""
+
+    pair: Pair
+    quality: PairQuality | None = None
+    error: str = ""
+
+
+# What fails one job, not the shard: the model's own errors on an image (it fails on the
+# input, exceeds the memory limit) and figures without a value. The batch's other models go
+# on. Anything else (a service unavailable, a dataset that cannot be read) stops the shard,
+# which Kubernetes runs again.
+_JOB_ERRORS = (InvalidArgument,)
 
 
 def shard_arguments(index: str, shards: int, track: str, models: str, data: str, scorer: str,
@@ -155,7 +172,8 @@ def run_shard(spec: ShardSpec) -> ShardReport:
                                  "pairs": len(pairs), "skipped_jobs": skipped})
         reporter = Reporter(scorer)
         _measure(spec, models, waiting, reporter)
-    return ShardReport(pairs=len(pairs), reported=reporter.reported, skipped_jobs=skipped)
+    return ShardReport(pairs=len(pairs), reported=reporter.reported, skipped_jobs=skipped,
+                       failed_jobs=reporter.failed_jobs)
 
 
 def _measure(spec: ShardSpec, models: list[BatchModel], pairs: list[Pair],
@@ -173,16 +191,26 @@ def _measure(spec: ShardSpec, models: list[BatchModel], pairs: list[Pair],
             return (pair, *prepare_quality_pixels(spec.track, pair.item))
 
         def infer(work: tuple[Pair, np.ndarray, np.ndarray]
-                  ) -> tuple[Pair, np.ndarray, np.ndarray]:
+                  ) -> tuple[Pair, np.ndarray | Measured, np.ndarray]:
             pair, model_input, target = work
+            if reporter.ended(pair.job.job_id):
+                return pair, Measured(pair), target
             model = inference_model_name(pair.job.model_sha256)
-            return pair, inference.infer(model, model_input), target
+            try:
+                return pair, inference.infer(model, model_input), target
+            except _JOB_ERRORS as error:
+                return pair, Measured(pair, error=f"image {pair.item.name}: {error}"), target
 
-        def measure(work: tuple[Pair, np.ndarray, np.ndarray]) -> tuple[Pair, PairQuality]:
+        def measure(work: tuple[Pair, np.ndarray | Measured, np.ndarray]) -> Measured:
             pair, output, target = work
-            quality = metrics.evaluate(output, target, options)
-            check_defined(spec.track, pair.item.name, quality)
-            return pair, quality
+            if isinstance(output, Measured):
+                return output
+            try:
+                quality = metrics.evaluate(output, target, options)
+                check_defined(spec.track, pair.item.name, quality)  # names the image
+            except _JOB_ERRORS as error:
+                return Measured(pair, error=str(error))
+            return Measured(pair, quality)
 
         run_pipeline(pairs, [
             Stage("prepare", prepare),
@@ -197,27 +225,52 @@ def _measure(spec: ShardSpec, models: list[BatchModel], pairs: list[Pair],
 
 
 class Reporter:
-    """The pipeline's last stage: results go to the scorer in batches, per job."""
+    """The pipeline's last stage: results go to the scorer in batches, per job; a job whose
+    model failed is reported failed at once, and the shard skips its remaining images."""
 
     def __init__(self, scorer: ScorerClient, batch: int = REPORT_BATCH) -> None:
         self._scorer = scorer
         self._batch = batch
         self._pending: dict[str, dict[str, PairQuality]] = {}
+        self._ended: set[str] = set()  # failed here or elsewhere, or cancelled
         self.reported = 0
+        self.failed_jobs: list[str] = []
 
-    def add(self, work: tuple[Pair, PairQuality]) -> None:
-        pair, quality = work
-        pending = self._pending.setdefault(pair.job.job_id, {})
-        pending[pair.item.name] = quality
-        if len(pending) >= self._batch:
-            self._send(pair.job.job_id)
+    def ended(self, job_id: str) -> bool:
+        return job_id in self._ended
+
+    def add(self, measured: Measured) -> None:
+        job_id = measured.pair.job.job_id
+        if job_id in self._ended:
+            return
+        if measured.error:
+            log.warning("job fails", extra={"job": job_id, "error": measured.error})
+            self.failed_jobs.append(job_id)
+            self._send(job_id, measured.error)
+        elif measured.quality is not None:
+            pending = self._pending.setdefault(job_id, {})
+            pending[measured.pair.item.name] = measured.quality
+            if len(pending) >= self._batch:
+                self._send(job_id)
 
     def flush(self) -> None:
         for job_id in list(self._pending):
             self._send(job_id)
 
-    def _send(self, job_id: str) -> None:
-        results = self._pending.pop(job_id)
+    def _send(self, job_id: str, error: str = "") -> None:
+        results = self._pending.pop(job_id, {})
         # UNAVAILABLE is retried (a restarting scorer); other statuses become domain errors.
-        call_with_retry("scorer", lambda: self._scorer.report_image_results(job_id, results))
+        try:
+            job = call_with_retry("scorer", lambda: self._scorer.report_image_results(
+                job_id, results, error))
+        except FailedPrecondition as refused:  # cancelled, or failed by another shard
+            log.warning("job no longer takes results", extra={"job": job_id,
+                                                              "reason": str(refused)})
+            self._ended.add(job_id)
+            return
         self.reported += len(results)
+        if error or job.state in _ENDED:
+            self._ended.add(job_id)
+
+
+_ENDED = (scorer_pb2.JOB_STATE_FAILED, scorer_pb2.JOB_STATE_CANCELLED)

@@ -618,12 +618,17 @@ def cmd_shard(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         _print_json({"index": spec.index, "shards": spec.shards, "pairs": report.pairs,
-                     "reported": report.reported, "skipped_jobs": report.skipped_jobs})
+                     "reported": report.reported, "skipped_jobs": report.skipped_jobs,
+                     "failed_jobs": report.failed_jobs})
         return 0
-    skipped = f"; jobs no longer waiting: {', '.join(report.skipped_jobs)}" \
-        if report.skipped_jobs else ""
+    notes = ""
+    if report.skipped_jobs:
+        notes += f"; jobs no longer waiting: {', '.join(report.skipped_jobs)}"
+    if report.failed_jobs:
+        notes += ("; jobs failed (their model failed on an image): "
+                  f"{', '.join(report.failed_jobs)}")
     print(f"shard {spec.index}/{spec.shards}: {report.reported} of {report.pairs} (model, image) "
-          f"pairs measured and reported{skipped}")
+          f"pairs measured and reported{notes}")
     return 0
 
 

@@ -79,7 +79,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
                            context: grpc.ServicerContext) -> scorer_pb2.Job:
         check_staff(caller(), "reporting shard results")
         results = {r.image: PairQuality(psnr=r.psnr, msssim=r.msssim) for r in request.results}
-        job = record_image_results(self.store, request.job_id, results)
+        job = record_image_results(self.store, request.job_id, results, request.error)
         self.runner.notify()  # watchers see the progress; a complete job can now be claimed
         return job_message(job)
 

@@ -13,15 +13,23 @@ from services.scorer.protocol import check_defined, quality_items
 from services.scorer.store import JobStore
 
 
-def record_image_results(store: JobStore, job_id: str, results: dict[str, PairQuality]) -> Job:
-    """Stores a shard's report (an image already stored keeps its figures); returns the job."""
+def record_image_results(store: JobStore, job_id: str, results: dict[str, PairQuality],
+                         error: str = "") -> Job:
+    """Stores a shard's report (an image already stored keeps its figures); with an `error`,
+    the job then fails with it. Returns the job."""
     job = store.get_job(job_id)
     if not job.spec.sharded:
         raise FailedPrecondition(
             f"job {job_id} is evaluated by the scorer itself: only jobs submitted with "
             "sharded=true take image results from batch shards")
+    if error and job.state.final:
+        return job  # failed by another shard's report already, or cancelled
     _check_images(job, results)
-    return store.put_shard_results(job_id, results)
+    if results:
+        job = store.put_shard_results(job_id, results)
+    if error:
+        job = store.fail_sharded(job_id, f"batch shard: {error}")
+    return job
 
 
 def _check_images(job: Job, results: dict[str, PairQuality]) -> None:

@@ -295,6 +295,17 @@ class JobStore:
             row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return _job(row)
 
+    def fail_sharded(self, job_id: str, error: str) -> Job:
+        """A sharded job still waiting for its images fails with a shard's reason; a job
+        that has ended (another shard failed it, or it was cancelled) stays as it is."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, error = ?, finished = ?, stage = '' "
+                "WHERE job_id = ? AND state = ? AND sharded = 1",
+                (JobState.FAILED.value, error, time.time(), job_id, JobState.QUEUED.value),
+            )
+        return self.get_job(job_id)
+
     def image_results(self, job_id: str) -> dict[str, tuple[float, float]]:
         with self._lock:
             rows = self._db.execute(

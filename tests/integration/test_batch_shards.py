@@ -19,7 +19,7 @@ from services.batch.shard import ShardSpec, run_shard
 from services.scorer.samples import make_sample_dataset, srcnn_graph_def
 from services.scorer.scoring import Track
 from tests.integration.conftest import Cluster
-from tests.integration.helpers import wait_job
+from tests.integration.helpers import graph_bytes, wait_job
 from tests.official import track_b_figures
 
 Stub = scorer_pb2_grpc.ScorerServiceStub
@@ -166,3 +166,32 @@ def test_report_image_results_refusals(
     assert "CANCELLED" in cancelled.details()
     job = scorer_stub.GetJob(scorer_pb2.GetJobRequest(job_id=waiting.job_id), timeout=10)
     assert (job.progress.images_done, job.progress.images_total) == (0, PATCHES)
+
+
+def test_a_model_failing_on_an_image_fails_its_job_not_the_batch(
+    cluster: Cluster, scorer_stub: Stub, dataset: Path, models: Path, tmp_path: Path,
+) -> None:
+    """An inverted output has no NumPy MS-SSIM (NaN): that model's job fails with the reason as
+    soon as a shard meets it; the shards go on with the other model, whose job succeeds."""
+    (tmp_path / "good.pb").write_bytes((models / "team1.pb").read_bytes())
+    (tmp_path / "inverted.pb").write_bytes(
+        graph_bytes(lambda tf, x: tf.identity(1.0 - x, name="output")))
+    reports = [run_shard(shard(cluster, dataset, str(tmp_path), index, "failing"))
+               for index in (0, 1)]
+    jobs = {j.team: j for j in scorer_stub.ListJobs(scorer_pb2.ListJobsRequest(), timeout=10).jobs
+            if j.request_id.startswith("failing/")}
+    assert set(jobs) == {"good", "inverted"}
+    failed = wait_job(scorer_stub, jobs["inverted"].job_id)
+    assert failed.state == scorer_pb2.JOB_STATE_FAILED
+    assert failed.error.startswith("batch shard: image ") and "MS-SSIM is undefined (NaN)" in \
+        failed.error
+    # The first shard to meet it failed it; the other found it ended (or failed it first).
+    assert failed.job_id in reports[0].failed_jobs + reports[1].failed_jobs
+    good = wait_job(scorer_stub, jobs["good"].job_id)
+    assert good.state == scorer_pb2.JOB_STATE_SUCCEEDED, good.error
+    assert sum(r.reported for r in reports) >= PATCHES
+    assert len(image_rows(cluster, good.job_id)) == PATCHES
+    # Another shard's failure report for the ended job changes nothing.
+    again = scorer_stub.ReportImageResults(scorer_pb2.ReportImageResultsRequest(
+        job_id=failed.job_id, error="image 0.jpg: another reason"), timeout=10)
+    assert again.state == scorer_pb2.JOB_STATE_FAILED and again.error == failed.error
