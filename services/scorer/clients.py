@@ -12,6 +12,8 @@ Service: one per pod), resolved again at each job's start so that new pods are u
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import socket
 import threading
@@ -98,6 +100,12 @@ class InferenceClient:
             request.graph_def = graph_def or b""
         response = self._call(lambda: self._stub.LoadModel(request, timeout=self._deadline))
         return response.model.name
+
+    def unload_model(self, name: str) -> None:
+        """Frees the model on this endpoint; one it does not hold is no error."""
+        request = inference_pb2.UnloadModelRequest(name=name)
+        with contextlib.suppress(errors.NotFound):
+            self._call(lambda: self._stub.UnloadModel(request, timeout=self._deadline))
 
     def infer(self, model: str, image: np.ndarray) -> np.ndarray:
         request = inference_pb2.InferRequest(model=model, input=to_tensor(image))
@@ -288,6 +296,7 @@ class InferencePool:
         self._lock = threading.Lock()
         self._sources: dict[str, tuple[bytes | None, str, str, str]] = {}
         self._loaded: set[tuple[str, str]] = set()  # (endpoint, model)
+        self._last_used: dict[str, float] = {}  # model -> time.monotonic() of its last call
 
     @property
     def parallelism(self) -> int:
@@ -335,6 +344,31 @@ class InferencePool:
             lambda: client.compare(model, baseline, image, options, measure_memory, abort),
             model, baseline))
 
+    def release(self, name: str) -> None:
+        """Unloads the model from every endpoint holding it (its memory, its Prometheus
+        series). Its bytes stay known: a later call loads it again."""
+        with self._lock:
+            targets = {target for target, model in self._loaded if model == name}
+            self._loaded -= {(target, name) for target in targets}
+        for client in self._pool.all():
+            if client.target in targets:
+                _outcome(functools.partial(client.unload_model, name))  # best effort
+
+    def forget_idle(self, keep: set[str], idle_s: float) -> list[str]:
+        """Releases and forgets the models not in `keep` that no call used for `idle_s`
+        (what a refused submission or a report's crops loaded); returns their names."""
+        now = time.monotonic()
+        with self._lock:
+            idle = [name for name in self._sources
+                    if name not in keep and now - self._last_used.get(name, 0.0) > idle_s]
+        for name in idle:
+            self.release(name)
+            with self._lock:
+                if now - self._last_used.get(name, 0.0) > idle_s:  # not used meanwhile
+                    self._sources.pop(name, None)
+                    self._last_used.pop(name, None)
+        return idle
+
     def close(self) -> None:
         self._pool.close()
 
@@ -354,6 +388,7 @@ class InferencePool:
 
     def _ensure(self, client: InferenceClient, model: str) -> None:
         with self._lock:
+            self._last_used[model] = time.monotonic()
             if (client.target, model) in self._loaded:
                 return
             if model not in self._sources:

@@ -59,6 +59,9 @@ class InferenceBackend(Protocol):
 
     def infer(self, model: str, image: np.ndarray) -> np.ndarray: ...
 
+    # Unloads the models not in `keep` that no call used for idle_s; returns their names.
+    def forget_idle(self, keep: set[str], idle_s: float) -> list[str]: ...
+
     def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
                   measure_memory: bool = False,
                   abort: threading.Event | None = None) -> DeviceTiming: ...
@@ -96,6 +99,14 @@ class EvaluationSettings:
     timing_mode: str = "interleaved"
     # A job running longer than this is stopped and failed (each call has its own deadline).
     job_timeout_s: float = 4 * 3600.0
+    # A model that no queued or running job needs is unloaded from inference once no call has
+    # used it for this long (its statistics and Prometheus series stay that long for
+    # dashboards and reports' crops); a long challenge would otherwise keep every submission.
+    model_idle_s: float = 600.0
+
+
+def baseline_name(track: Track) -> str:
+    return f"baseline-{track.value}"
 
 
 class BaselineTimings:
@@ -110,7 +121,7 @@ class BaselineTimings:
 
     def load(self, track: Track) -> str:
         return self._inference.load_model(
-            f"baseline-{track.value}", self._settings.baselines[track], "", "", ""
+            baseline_name(track), self._settings.baselines[track], "", "", ""
         )
 
     def cached(self, track: Track, image: np.ndarray, node: str) -> DeviceTiming:

@@ -13,8 +13,10 @@ from services.scorer.evaluation import (
     InferenceBackend,
     Interrupted,
     MetricsBackend,
+    baseline_name,
 )
-from services.scorer.jobs import Job, JobState
+from services.scorer.jobs import Job, JobState, inference_model_name
+from services.scorer.scoring import Track
 from services.scorer.store import JobStore
 from services.scorer.telemetry import job_finished
 
@@ -69,6 +71,7 @@ class JobRunner:
             event.set()
         if before is JobState.QUEUED and job.state is JobState.CANCELLED:
             job_finished(job)  # a running job is counted when its runner lets go of it
+            self._release_models()
         self.notify()
         return job
 
@@ -130,7 +133,22 @@ class JobRunner:
         final = self.store.get_job(job.job_id)
         if final.state.final:  # not when interrupted by a shutdown: it resumes after
             job_finished(final)
+            self._release_models()
         self.notify()
+
+    def _release_models(self) -> None:
+        """When a job ends: unloads from inference the models that no queued or running job
+        needs and that nothing used for `model_idle_s` (ended jobs', a refused submission's, a
+        report's crops')."""
+        needed = {inference_model_name(sha) for sha in self.store.unfinished_models()}
+        needed |= {baseline_name(track) for track in Track}
+        try:
+            released = self.inference.forget_idle(needed, self.settings.model_idle_s)
+        except PirmError as error:  # a model left loaded is no reason to fail anything
+            log.warning("models not released", extra={"error": str(error)})
+            return
+        if released:
+            log.info("models unloaded", extra={"models": released})
 
     def _evaluate(self, job: Job, evaluation: Evaluation) -> None:
         try:

@@ -52,6 +52,7 @@ class ScorerConfig:
     metrics_in_flight: int = 2
     limits: QueueLimits = field(default_factory=QueueLimits)
     job_timeout_s: float = EvaluationSettings.job_timeout_s
+    model_idle_s: float = EvaluationSettings.model_idle_s
     data_roots: tuple[Path, ...] = ()  # datasets must lie inside one; () = anywhere
     timing_mode: str = "interleaved"
     kappa: float = KAPPA
@@ -81,6 +82,7 @@ def create_server(address: str, config: ScorerConfig, workers: int = 64) -> Runn
         mos_ref=config.mos_ref,
         metrics_in_flight=config.metrics_in_flight,
         job_timeout_s=config.job_timeout_s,
+        model_idle_s=config.model_idle_s,
     )
     runner = JobRunner(store, inference, metrics, settings, config.concurrency)
     servicer = ScorerServicer(store, runner, inference, config.max_model_bytes, config.limits,
@@ -157,6 +159,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--job-timeout-s", type=float,
                         default=env("PIRM_JOB_TIMEOUT_S", EvaluationSettings.job_timeout_s, float),
                         help="a job running longer is stopped and failed (env PIRM_JOB_TIMEOUT_S)")
+    parser.add_argument("--model-idle-s", type=float,
+                        default=env("PIRM_MODEL_IDLE_S", EvaluationSettings.model_idle_s, float),
+                        help="unload a model no unfinished job needs after this long unused "
+                             "(env PIRM_MODEL_IDLE_S)")
     parser.add_argument("--metrics-in-flight", type=int,
                         default=env("PIRM_METRICS_IN_FLIGHT", 2, int),
                         help="metric calls in flight per metrics endpoint (env "
@@ -197,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         concurrency=args.concurrency,
         metrics_in_flight=args.metrics_in_flight,
         job_timeout_s=args.job_timeout_s,
+        model_idle_s=args.model_idle_s,
         limits=QueueLimits(max_queued=args.max_queued_jobs,
                            max_active_per_team=args.max_jobs_per_team,
                            max_images_per_job=args.max_images_per_job),

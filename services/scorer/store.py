@@ -228,6 +228,14 @@ class JobStore:
                 raise FailedPrecondition(f"job {job_id} has not succeeded: no result to rescore")
         return self.get_job(job_id)
 
+    def unfinished_models(self) -> set[str]:
+        """The SHA-256 of every queued or running job's model."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT model_sha256 FROM jobs WHERE state IN (?, ?)",
+                (JobState.QUEUED.value, JobState.RUNNING.value)).fetchall()
+        return {row[0] for row in rows}
+
     def count_jobs(self, state: JobState) -> int:
         with self._lock:
             row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?",

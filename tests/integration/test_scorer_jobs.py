@@ -5,7 +5,7 @@ a dead one skipped)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +110,55 @@ def test_cancel_during_timing_frees_the_device(cluster: Cluster, patches: Path,
         assert inference_stub.Benchmark(quick, timeout=300).timing.runs >= 2
     finally:
         scorer.stop(grace=1.0)
+
+
+def test_models_no_job_needs_are_unloaded_once_idle(
+        cluster: Cluster, inference_stub: InferenceStub, patches: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A long challenge would otherwise keep every submission loaded on inference. With
+    --model-idle-s 0, a job's model goes when the job ends, a cancelled job's too; a model a
+    queued job needs stays, and so do the baselines; a report's crops load it again."""
+    def loaded() -> set[str]:
+        listed = inference_stub.ListModels(inference_pb2.ListModelsRequest(), timeout=10)
+        return {model.name for model in listed.models}
+
+    def name(job: scorer_pb2.Job) -> str:
+        return f"sha256-{job.model_sha256[:16]}"
+
+    state = tmp_path_factory.mktemp("idle-models")
+    config = ScorerConfig(
+        inference=cluster.target(cluster.inference), metrics=cluster.target(cluster.metrics),
+        store=state / "scorer.db", state_dir=state, timing=TEST_TIMING, model_idle_s=0.0)
+    scorer = create_scorer("127.0.0.1:0", config)
+    try:
+        with open_channel(f"127.0.0.1:{scorer.port}", 64) as channel:
+            stub = scorer_pb2_grpc.ScorerServiceStub(channel)
+            first = submit(stub, patches, srcnn_graph_def(seed=11), team="idle")
+            queued = submit(stub, patches, slow_graph(), team="idle")
+            assert name(first) in loaded()  # vetted at submission
+            assert wait_job(stub, first.job_id).state == scorer_pb2.JOB_STATE_SUCCEEDED
+            assert name(queued) in loaded()  # a queued or running job needs it
+            stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=queued.job_id), timeout=10)
+            assert wait_job(stub, queued.job_id).state == scorer_pb2.JOB_STATE_CANCELLED
+            # Released once the runner lets go of the job, just after it stored its end.
+            assert wait_for(lambda: not {name(first), name(queued)} & loaded(), 60), loaded()
+            assert "baseline-B" in loaded()
+            image = stub.GetJobImages(scorer_pb2.GetJobImagesRequest(job_id=first.job_id),
+                                      timeout=10).images[0].image
+            crops = stub.GetImageCrops(scorer_pb2.GetImageCropsRequest(
+                job_id=first.job_id, images=[image], size=16), timeout=120).crops
+            assert crops[0].output_png.startswith(b"\x89PNG")
+    finally:
+        scorer.stop(grace=1.0)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_final_phase_job_waits_for_its_mos(cluster: Cluster, scorer_stub: Stub,
