@@ -3,7 +3,6 @@ process, a dead one restarted, all stopped together."""
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -20,11 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.auth import Role, token_of, write_tokens_file
 from services.common.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, env_default
+from services.common.supervision import SUPERVISOR_PID
 
 log = logging.getLogger(__name__)
 SERVICES = ("inference", "metrics", "scorer")
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 # A local cluster's callers: the scorer, and the person at this machine as an organiser.
@@ -47,12 +45,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child: the kernel sends it SIGTERM when the supervisor dies, even by SIGKILL, so
-    that no service outlives `pirm up`."""
-    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # only a C call between fork and exec
 
 
 def configured_ports() -> dict[str, int]:
@@ -117,6 +109,7 @@ class LocalCluster:
         env["PIRM_INFERENCE_TARGET"] = self.target("inference")
         env["PIRM_METRICS_TARGET"] = self.target("metrics")
         env.update(self.extra_env)
+        env[SUPERVISOR_PID] = str(os.getpid())  # each service dies with this process
         if self.insecure_dev:
             env["PIRM_INSECURE_DEV"] = "1"
             env.pop("PIRM_TOKENS_FILE", None)
@@ -156,7 +149,7 @@ class LocalCluster:
             output = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - child owns it
         self._processes[service] = subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"], env=self.env(),
-            stdout=output, stderr=output, preexec_fn=_die_with_parent,
+            stdout=output, stderr=output,
         )
         if output is not None:
             output.close()

@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from pirm.v1 import scorer_pb2
 
-from services.cli.cluster import wait_serving
+from services.cli.cluster import free_port, wait_serving
 from services.client import ScorerClient
 from services.common.auth import Role
 from services.scorer.samples import make_sample_dataset
@@ -72,3 +74,38 @@ def test_killed_scorer_restarts_and_finishes_its_job_once(tmp_path: Path) -> Non
         assert total <= count <= total + IN_FLIGHT_BOUND, count
     finally:
         cluster.stop()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return [int(child) for child in children.read().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_services_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    """`pirm up` killed with SIGKILL leaves no service behind: each asked the kernel at its
+    start to be sent SIGTERM when its parent dies."""
+    env = dict(os.environ, PIRM_STATE_DIR=str(tmp_path), PIRM_STORE=str(tmp_path / "s.db"))
+    for service in ("inference", "metrics", "scorer"):
+        env[f"PIRM_{service.upper()}_PORT"] = str(free_port())
+        env[f"PIRM_{service.upper()}_METRICS_PORT"] = "0"
+    up = subprocess.Popen([sys.executable, "-m", "services.cli.main", "up", "--insecure-dev"],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for service in ("inference", "metrics", "scorer"):
+            wait_serving(f"127.0.0.1:{env[f'PIRM_{service.upper()}_PORT']}", 180)
+        services = _children(up.pid)
+        assert len(services) == 3, services
+        os.kill(up.pid, signal.SIGKILL)
+        up.wait(10)
+        wait_for(lambda: not any(_alive(pid) for pid in services), "the services to exit")
+    finally:
+        if up.poll() is None:
+            up.kill()
