@@ -5,6 +5,8 @@ service's server.py only says which servicers to register."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import logging
 import signal
 import threading
@@ -28,6 +30,20 @@ from services.common.telemetry import (
 from services.common.transport import ChannelSecurity, ServerSecurity, secure
 
 log = logging.getLogger(__name__)
+
+# glibc gives each thread that allocates an arena of its own (up to 8 per core) and keeps in it
+# what the thread frees: a server whose many threads pass 11-33 MB messages grows by tens of
+# MiB. Two arenas, measured on inference over 60 job-like call sequences from 2 clients: peak
+# 336 MiB instead of 394, resident 295-305 MiB instead of 330-368.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # malloc.h
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
+    """Before the server's threads exist: arenas made earlier are kept. Not glibc: its
+    allocator keeps its own policy."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas)
 
 
 def message_options(max_message_mb: int) -> list[tuple[str, int]]:
@@ -87,6 +103,7 @@ def create_server(
     Without `security`, authentication is disabled and only a loopback address is allowed."""
     security = security or ServerSecurity()
     security.check_address(address)
+    limit_malloc_arenas()
     options = [
         *message_options(max_message_mb),
         # Clients reconnect now and then, so that new replicas receive load.
