@@ -31,17 +31,10 @@ from services.scorer.scoring import Track
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from tests.cluster import TEST_TIMING, Cluster, supervised_cluster
-from tests.integration.helpers import slow_graph
+from tests.integration.helpers import slow_graph, wait_for
 from tests.reference import psnr_ref
 
 WAIT_S = 600.0
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def slow_model_outputs(model: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inference import open_inference_pb2 as oip
@@ -64,3 +67,11 @@ def is_serving(channel: grpc.Channel) -> bool:
     response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
                                                          timeout=5)
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 600.0) -> None:
+    """Polls `condition` until it holds; fails the test naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)

@@ -5,7 +5,7 @@ a dead one skipped)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,13 @@ from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from services.scorer.store import QueueLimits
 from tests.integration.conftest import TEST_TIMING, Cluster
-from tests.integration.helpers import graph_bytes, inferences_of, slow_graph, wait_job
+from tests.integration.helpers import (
+    graph_bytes,
+    inferences_of,
+    slow_graph,
+    wait_for,
+    wait_job,
+)
 
 Stub = scorer_pb2_grpc.ScorerServiceStub
 InferenceStub = inference_pb2_grpc.InferenceServiceStub
@@ -141,7 +147,8 @@ def test_models_no_job_needs_are_unloaded_once_idle(
             stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=queued.job_id), timeout=10)
             assert wait_job(stub, queued.job_id).state == scorer_pb2.JOB_STATE_CANCELLED
             # Released once the runner lets go of the job, just after it stored its end.
-            assert wait_for(lambda: not {name(first), name(queued)} & loaded(), 60), loaded()
+            wait_for(lambda: not {name(first), name(queued)} & loaded(),
+                     "the ended jobs' models to be unloaded", 60)
             assert "baseline-B" in loaded()
             image = stub.GetJobImages(scorer_pb2.GetJobImagesRequest(job_id=first.job_id),
                                       timeout=10).images[0].image
@@ -150,15 +157,6 @@ def test_models_no_job_needs_are_unloaded_once_idle(
             assert crops[0].output_png.startswith(b"\x89PNG")
     finally:
         scorer.stop(grace=1.0)
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_final_phase_job_waits_for_its_mos(cluster: Cluster, scorer_stub: Stub,

@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from pirm.v1 import scorer_pb2
@@ -20,18 +19,11 @@ from services.common.auth import Role
 from services.scorer.samples import make_sample_dataset
 from services.scorer.scoring import Track
 from tests.cluster import supervised_cluster
-from tests.integration.helpers import inferences_of, slow_graph
+from tests.integration.helpers import inferences_of, slow_graph, wait_for
 
 KILL_AFTER_IMAGES = 8  # stored before the kill; more than the pipeline can hold unstored
 IN_FLIGHT_BOUND = 6  # inferred but not yet stored: 1 inferring + 2 queued + 2 scoring + 1 queued
 WAIT_S = 600.0
-
-
-def wait_for(condition: object, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_killed_scorer_restarts_and_finishes_its_job_once(tmp_path: Path) -> None:
