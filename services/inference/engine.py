@@ -247,8 +247,7 @@ class Engine:
         Setting `abort` stops the measurement (its worker is killed) with Cancelled."""
         device = self._device(device)
         image = _as_model_input(image)
-        with self._device_locks[device].exclusive():
-            self._spare.wait_ready()  # no TensorFlow import beside the measurement
+        with self._alone_on(device):
             timing: Timing = self._worker(device).call("benchmark", name, image, options,
                                                        models=self._sources_of(name),
                                                        abort=abort)
@@ -263,7 +262,7 @@ class Engine:
         """The challenge's own timing (4 HD images, the last 2 averaged), for comparison."""
         device = self._device(device)
         images = [_as_model_input(image) for image in images]
-        with self._device_locks[device].exclusive():
+        with self._alone_on(device):
             timing: Timing = self._worker(device).call("benchmark_pirm2018", name, images,
                                                        models=self._sources_of(name))
         return self._device_timing(timing, device, images[0])
@@ -275,8 +274,7 @@ class Engine:
         """Times the model and the baseline interleaved on the same worker and settings."""
         device = self._device(device)
         image = _as_model_input(image)
-        with self._device_locks[device].exclusive():
-            self._spare.wait_ready()  # no TensorFlow import beside the measurement
+        with self._alone_on(device):
             result: Comparison = self._worker(device).call(
                 "compare", name, baseline, image, options,
                 models=self._sources_of(name, baseline), abort=abort,
@@ -292,6 +290,14 @@ class Engine:
             ratio_ci95_low=result.ratio_ci95_low,
             ratio_ci95_high=result.ratio_ci95_high,
         )
+
+    @contextlib.contextmanager
+    def _alone_on(self, device: str) -> Iterator[None]:
+        """What every measurement holds: the device exclusively, and no TensorFlow import (the
+        spare's) running beside it."""
+        with self._device_locks[device].exclusive():
+            self._spare.wait_ready()
+            yield
 
     def worker_restarts(self) -> int:
         with self._lock:
