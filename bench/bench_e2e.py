@@ -36,6 +36,7 @@ from services.client import ScorerClient  # noqa: E402
 from services.common.auth import Role  # noqa: E402
 from services.common.server import open_channel  # noqa: E402
 from services.common.transport import ChannelSecurity  # noqa: E402
+from services.scorer.jobs import inference_model_name  # noqa: E402
 from services.scorer.samples import (  # noqa: E402
     REPO_ROOT,
     challenge_data_dir,
@@ -105,7 +106,7 @@ def run_cluster(dataset: Path, model: Path, scratch: Path) -> ClusterRun:
             job = client.submit(Track.A, model, dataset, team="bench")
             job = client.wait(job.job_id)
             total = time.perf_counter() - started
-        session_runs_s = session_run_seconds(cluster, f"sha256-{job.model_sha256[:16]}")
+        session_runs_s = session_run_seconds(cluster, inference_model_name(job.model_sha256))
     finally:
         cluster.stop()
     if job.error:
