@@ -99,8 +99,15 @@ class ScorerClient:
         return self._stub.GetJob(scorer_pb2.GetJobRequest(job_id=job_id), timeout=self._deadline)
 
     def watch(self, job_id: str, timeout_s: float = 3600.0) -> Iterator[scorer_pb2.Job]:
-        """Yields the job at each change until it is final."""
-        yield from self._stub.WatchJob(scorer_pb2.GetJobRequest(job_id=job_id), timeout=timeout_s)
+        """Yields the job at each change until it is final. When the scorer already streams as
+        many watches as it allows (RESOURCE_EXHAUSTED), it polls GetJob instead."""
+        try:
+            yield from self._stub.WatchJob(scorer_pb2.GetJobRequest(job_id=job_id),
+                                           timeout=timeout_s)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            yield from self._poll(job_id, timeout_s)
 
     def status(self, job_id: str) -> scorer_pb2.Job:
         """`pirm status`: the same as get()."""
@@ -109,21 +116,22 @@ class ScorerClient:
     def wait(self, job_id: str, timeout_s: float = 3600.0) -> scorer_pb2.Job:
         """Blocks until the job is final (succeeded, failed or cancelled) and returns it."""
         job = self.get(job_id)
-        try:
-            for update in self.watch(job_id, timeout_s):
-                job = update
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise
-            return self._poll(job_id, timeout_s)  # the scorer streams enough watches already
+        for update in self.watch(job_id, timeout_s):
+            job = update
         return job
 
-    def _poll(self, job_id: str, timeout_s: float, every_s: float = 2.0) -> scorer_pb2.Job:
+    def _poll(self, job_id: str, timeout_s: float,
+              every_s: float = 2.0) -> Iterator[scorer_pb2.Job]:
+        """The job each time it changed, until it is final or `timeout_s` has passed."""
         deadline = time.monotonic() + timeout_s
+        last = None
         while True:
             job = self.get(job_id)
+            if job != last:
+                yield job
+                last = job
             if job.state in FINAL_STATES or time.monotonic() > deadline:
-                return job
+                return
             time.sleep(every_s)
 
     def cancel(self, job_id: str) -> scorer_pb2.Job:

@@ -310,6 +310,9 @@ def test_watches_are_capped_so_the_scorer_keeps_answering(cluster: Cluster, patc
             with ScorerClient(target) as client:  # polls, as the watches are all taken
                 assert client.wait(jobs[-1].job_id, timeout_s=30).state == \
                     scorer_pb2.JOB_STATE_CANCELLED
+                # watch() too (what `pirm batch` follows its jobs with)
+                assert list(client.watch(jobs[-1].job_id, timeout_s=30))[-1].state == \
+                    scorer_pb2.JOB_STATE_CANCELLED
             for job in jobs:
                 stub.CancelJob(scorer_pb2.CancelJobRequest(job_id=job.job_id))
             for watch in watches:
