@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from services.common.errors import Cancelled, PirmError
 from services.scorer.evaluation import (
@@ -44,6 +45,7 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self._cancel_lock = threading.Lock()
         self._cancel_events: dict[str, threading.Event] = {}  # of the jobs running here
+        self._released_at = 0.0  # time.monotonic() of the last _release_models
 
     def start(self) -> None:
         requeued = self.store.requeue_running()
@@ -71,7 +73,6 @@ class JobRunner:
             event.set()
         if before is JobState.QUEUED and job.state is JobState.CANCELLED:
             job_finished(job)  # a running job is counted when its runner lets go of it
-            self._release_models()
         self.notify()
         return job
 
@@ -103,6 +104,8 @@ class JobRunner:
     def _run_next(self) -> None:
         job = self.store.next_queued()
         if job is None:
+            if time.monotonic() - self._released_at >= min(60.0, self.settings.model_idle_s):
+                self._release_models()  # an idle scorer lets its last models go too
             self.wait_for_change(self.version, timeout=1.0)
             return
         self.notify()
@@ -137,9 +140,11 @@ class JobRunner:
         self.notify()
 
     def _release_models(self) -> None:
-        """When a job ends: unloads from inference the models that no queued or running job
-        needs and that nothing used for `model_idle_s` (ended jobs', a refused submission's, a
-        report's crops')."""
+        """After a job, and now and then while no job waits (runner threads only, never a
+        gRPC call's): unloads from inference the models that no queued or running job needs
+        and that nothing used for `model_idle_s` (ended or cancelled jobs', a refused
+        submission's, a report's crops')."""
+        self._released_at = time.monotonic()
         needed = {inference_model_name(sha) for sha in self.store.unfinished_models()}
         needed |= {baseline_name(track) for track in Track}
         try:
