@@ -8,7 +8,7 @@ from pathlib import Path
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.metrics.quality import PairQuality
-from services.scorer.jobs import Job
+from services.scorer.jobs import Job, JobState
 from services.scorer.protocol import check_defined, quality_items
 from services.scorer.store import JobStore
 
@@ -28,7 +28,9 @@ def record_image_results(store: JobStore, job_id: str, results: dict[str, PairQu
     if results:
         job = store.put_shard_results(job_id, results)
     if error:
-        job = store.fail_sharded(job_id, f"batch shard: {error}")
+        store.finish(job_id, JobState.FAILED, error=f"batch shard: {error}",
+                     from_state=JobState.QUEUED)
+        job = store.get_job(job_id)
     return job
 
 

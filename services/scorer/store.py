@@ -250,16 +250,18 @@ class JobStore:
             )
 
     def finish(
-        self, job_id: str, state: JobState, result: JobResult | None = None, error: str = ""
+        self, job_id: str, state: JobState, result: JobResult | None = None, error: str = "",
+        from_state: JobState = JobState.RUNNING,
     ) -> bool:
-        """A running job's final state; False if it was no longer running (cancelled
-        meanwhile), in which case nothing changes."""
+        """A running job's final state (a sharded job fails from QUEUED, while it waits for
+        its shards); False if it was no longer in `from_state` (cancelled meanwhile, failed by
+        another shard), in which case nothing changes."""
         with self._transaction() as db:
             cursor = db.execute(
                 "UPDATE jobs SET state = ?, result = ?, error = ?, finished = ?, stage = ? "
                 "WHERE job_id = ? AND state = ?",
                 (state.value, result.to_json() if result else None, error, time.time(), "",
-                 job_id, JobState.RUNNING.value),
+                 job_id, from_state.value),
             )
             return cursor.rowcount == 1
 
@@ -302,17 +304,6 @@ class JobStore:
             )
             row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return _job(row)
-
-    def fail_sharded(self, job_id: str, error: str) -> Job:
-        """A sharded job still waiting for its images fails with a shard's reason; a job
-        that has ended (another shard failed it, or it was cancelled) stays as it is."""
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE jobs SET state = ?, error = ?, finished = ?, stage = '' "
-                "WHERE job_id = ? AND state = ? AND sharded = 1",
-                (JobState.FAILED.value, error, time.time(), job_id, JobState.QUEUED.value),
-            )
-        return self.get_job(job_id)
 
     def image_results(self, job_id: str) -> dict[str, tuple[float, float]]:
         with self._lock:
