@@ -47,7 +47,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from pirm.v1 import scorer_pb2  # noqa: E402
 
 from services.cli.cluster import SERVICES, LocalCluster, free_port  # noqa: E402
-from services.client import ScorerClient  # noqa: E402
+from services.client import FINAL_STATES, ScorerClient  # noqa: E402
 from services.scorer.samples import make_sample_dataset  # noqa: E402
 from services.scorer.scoring import Track  # noqa: E402
 
@@ -56,8 +56,6 @@ PSNR_TOLERANCE = 1e-4
 # Memory is flat when a round's peak exceeds the first round's by less than this fraction, or
 # by less than this many MiB (small processes grow by a few MiB of allocator noise).
 FLAT_FRACTION, FLAT_MIB = 0.10, 32.0
-FINAL_STATES = {scorer_pb2.JOB_STATE_SUCCEEDED, scorer_pb2.JOB_STATE_FAILED,
-                scorer_pb2.JOB_STATE_CANCELLED}
 POLL_S = 0.25
 MIB = 2**20
 

@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc, scorer_pb2
+from pirm.v1 import inference_pb2, inference_pb2_grpc, scorer_pb2
 
 from services.cli.cluster import free_port, wait_serving
 from services.client import ScorerClient
@@ -155,6 +155,3 @@ def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path) -> None:
         if server.poll() is None:
             server.kill()
             server.wait()
-
-
-_ = common_pb2  # the track enum travels inside ScorerClient.submit
