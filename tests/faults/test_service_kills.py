@@ -31,21 +31,11 @@ from services.scorer.scoring import Track
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from tests.cluster import TEST_TIMING, Cluster, supervised_cluster
-from tests.integration.helpers import slow_graph, wait_for
+from tests.integration.helpers import scrape, slow_graph, total, wait_for
+from tests.official import run_graph
 from tests.reference import psnr_ref
 
 WAIT_S = 600.0
-
-
-def slow_model_outputs(model: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """The model run by TensorFlow in this process: the reference outputs."""
-    import tensorflow as tf
-
-    graph_def = tf.compat.v1.GraphDef.FromString(model)
-    with tf.Graph().as_default() as graph:
-        tf.import_graph_def(graph_def, name="")
-        with tf.compat.v1.Session(graph=graph) as session:
-            return [session.run("output:0", {"input:0": x[None]})[0] for x in inputs]
 
 
 def test_killed_inference_and_metrics_are_waited_for_and_the_job_completes(
@@ -84,7 +74,7 @@ def test_killed_inference_and_metrics_are_waited_for_and_the_job_completes(
         photos = [np.asarray(Image.open(dataset / "patches" / kind / name), np.float32) / 255
                   for kind in ("iphone", "canon") for name in names]
         inputs, targets = photos[:len(names)], photos[len(names):]
-        outputs = slow_model_outputs(model, inputs)
+        outputs = [output[0] for output in run_graph(model, [x[None] for x in inputs])]
         for (image, psnr), output, target in zip(stored, outputs, targets, strict=True):
             assert psnr == pytest.approx(psnr_ref(np.clip(output, 0, 1), target), abs=1e-4), image
     finally:
@@ -112,11 +102,11 @@ def test_job_past_its_time_limit_is_stopped_and_failed(cluster: Cluster, tmp_pat
 
 
 def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path) -> None:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIRM_")}
     server = subprocess.Popen(
         [sys.executable, "-m", "services.cli.main", "serve", "inference", "--insecure-dev",
-         "--port", str(port), "--metrics-port", "0", "--grace-seconds", "60"],
+         "--port", str(port), "--metrics-port", str(metrics_port), "--grace-seconds", "60"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         target = f"127.0.0.1:{port}"
@@ -128,24 +118,27 @@ def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path) -> None:
         outcome: dict[str, object] = {}
 
         def infer() -> None:
-            started = time.monotonic()
             try:
                 response = stub.Infer(inference_pb2.InferRequest(
                     model="slow", input=to_tensor(image)), timeout=120)
                 outcome["output"] = from_tensor(response.output, "output")
             except grpc.RpcError as error:
                 outcome["error"] = error
-            outcome["seconds"] = time.monotonic() - started
+            outcome["finished"] = time.monotonic()
 
         call = threading.Thread(target=infer)
         call.start()
-        time.sleep(0.3)  # the call is in flight (it takes seconds on 512x512)
+        # SIGTERM once the server handles the call (a request still on its way when the
+        # server stops is refused, as it should be): it takes seconds on 512x512.
+        wait_for(lambda: total(scrape(metrics_port), "grpc_server_requests_in_flight",
+                               grpc_method="Infer") == 1, "the Infer call in flight")
+        signalled = time.monotonic()
         server.send_signal(signal.SIGTERM)
         call.join(120)
         assert "error" not in outcome, outcome.get("error")
         output = outcome["output"]
         assert isinstance(output, np.ndarray) and output.shape[-3:] == image.shape
-        assert float(outcome["seconds"]) > 0.3  # type: ignore[arg-type]  # spanned the SIGTERM
+        assert outcome["finished"] > signalled  # type: ignore[operator]  # spanned the SIGTERM
         assert server.wait(timeout=60) == 0
         with pytest.raises(grpc.RpcError) as refused:  # and nothing listens any more
             stub.Infer(inference_pb2.InferRequest(model="slow", input=to_tensor(image)),

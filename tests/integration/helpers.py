@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable
 
 import grpc
@@ -10,10 +11,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inference import open_inference_pb2 as oip
 from inference import open_inference_pb2_grpc as oip_grpc
 from pirm.v1 import scorer_pb2, scorer_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.client import FINAL_STATES
 from services.common.server import open_channel
 from services.common.transport import ChannelSecurity
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
 def graph_bytes(build: object) -> bytes:
@@ -75,3 +79,19 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 600.0)
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
+
+
+def scrape(port: int) -> Samples:
+    """The Prometheus samples a service's /metrics endpoint serves, by sample name."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    return sum(value for sample_labels, value in samples[name]
+               if labels.items() <= sample_labels.items())

@@ -19,14 +19,13 @@ import grpc
 import pytest
 import yaml
 from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.cli.cluster import SERVICES, LocalCluster, free_port
 from services.common.server import open_channel
 from services.common.transport import ChannelSecurity
 from services.scorer.samples import REPO_ROOT, make_sample_dataset
 from services.scorer.scoring import Track
-from tests.integration.helpers import graph_bytes, wait_job
+from tests.integration.helpers import graph_bytes, scrape, total, wait_job
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "pirm.json"
 SCRAPE_CONFIG = REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -55,7 +54,6 @@ PRESENT = {"inference": ["pirm_inference_worker_restarts_total"],
            "metrics": [], "scorer": ["pirm_scorer_queue_depth", "pirm_scorer_jobs_running"]}
 PRESENT_EVERYWHERE = ["grpc_server_requests_in_flight"]
 
-Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
 def tiny_graph(scale: float) -> bytes:
@@ -161,21 +159,6 @@ def finished_job(cluster: LocalCluster, prometheus: Prometheus | None,
     assert job.state == scorer_pb2.JOB_STATE_SUCCEEDED, job.error
     assert job.result.images == PATCHES
     return job
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
-        text = page.read().decode()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return samples
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    return sum(value for sample_labels, value in samples[name]
-               if labels.items() <= sample_labels.items())
 
 
 def test_each_service_exports_its_metrics_after_a_job(
