@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +30,11 @@ SERVICES = ("inference", "metrics", "scorer")
 LOCAL_CALLERS = ((Role.INTERNAL, "scorer"), (Role.ORGANISER, "local"))
 
 
-def local_tokens_file(state_dir: str | None = None) -> Path:
-    """Where `pirm up` keeps its tokens: `tokens` in PIRM_STATE_DIR (default var/)."""
-    return Path(state_dir or os.environ.get("PIRM_STATE_DIR") or "var") / "tokens"
+def local_tokens_file(env: Mapping[str, str] = os.environ) -> Path:
+    """Where `pirm up` keeps its tokens: PIRM_TOKENS_FILE if given, else `tokens` in
+    PIRM_STATE_DIR (default var/)."""
+    given = env.get("PIRM_TOKENS_FILE")
+    return Path(given) if given else Path(env.get("PIRM_STATE_DIR") or "var") / "tokens"
 
 
 def local_token(role: Role = Role.ORGANISER) -> str | None:
@@ -120,11 +123,8 @@ class LocalCluster:
 
     @property
     def tokens_file(self) -> Path:
-        """PIRM_TOKENS_FILE if given, else `tokens` in the state folder (made at start)."""
-        given = self.extra_env.get("PIRM_TOKENS_FILE") or os.environ.get("PIRM_TOKENS_FILE")
-        if given:
-            return Path(given)
-        return local_tokens_file(self.extra_env.get("PIRM_STATE_DIR"))
+        """local_tokens_file() in this cluster's environment (made at start)."""
+        return local_tokens_file({**os.environ, **self.extra_env})
 
     def token(self, role: Role = Role.ORGANISER) -> str | None:
         """A token of `role` for clients of this cluster (None without authentication)."""

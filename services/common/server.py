@@ -119,6 +119,9 @@ def create_server(
         options=options,
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    # The server as a whole ("", what `pirm up` and liveness ask) too is SERVING only once
+    # mark_serving says so: grpc's default says SERVING from the start.
+    health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [b.full_name for b in bindings]
     initialize_grpc_metrics(names)
@@ -154,19 +157,24 @@ def server_security(args: argparse.Namespace, roles: frozenset[Role]) -> ServerS
         raise SystemExit(f"error: {error}") from None
 
 
-def serve_until_signalled(running: RunningServer, grace: float,
+def serve_until_signalled(start: Callable[[], RunningServer], grace: float,
                           stop_metrics: Callable[[], None] | None = None) -> None:
-    """Blocks until SIGTERM/SIGINT, then drains in-flight calls within `grace` seconds and
-    stops the metrics endpoint (see telemetry.start_metrics_endpoint)."""
-    if stop_metrics is not None:
-        running.on_stop.append(stop_metrics)
+    """Starts the server with `start` and serves until SIGTERM/SIGINT, then drains in-flight
+    calls within `grace` seconds and stops the metrics endpoint (telemetry.py). The handlers
+    come first: the server listens seconds before it is SERVING (the inference service starts
+    its worker), and a signal in that time must drain its calls too, not kill them."""
+    signalled = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("shutting down", extra={"signal": signal.Signals(signum).name, "grace": grace})
-        threading.Thread(target=running.stop, args=(grace,), daemon=True).start()
+        signalled.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    running = start()
+    if stop_metrics is not None:
+        running.on_stop.append(stop_metrics)
     running.mark_serving()
-    running.server.wait_for_termination()
-    running._stopped.wait()
+    while not signalled.wait(timeout=1.0):  # a timeout keeps the main thread's handlers running
+        pass
+    running.stop(grace)

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     security = server_security(args, INTERNAL_ONLY)
     stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
-    running = create_server(f"{args.host}:{args.port}", settings, args.max_message_mb,
-                            args.workers, security)
-    serve_until_signalled(running, args.grace_seconds, stop_metrics)
+    serve_until_signalled(
+        lambda: create_server(f"{args.host}:{args.port}", settings, args.max_message_mb,
+                              args.workers, security),
+        args.grace_seconds, stop_metrics)

@@ -217,5 +217,5 @@ def main(argv: list[str] | None = None) -> None:
         backends=backend_security(args, security),
     )
     stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
-    running = create_server(f"{args.host}:{args.port}", config, args.workers)
-    serve_until_signalled(running, args.grace_seconds, stop_metrics)
+    serve_until_signalled(lambda: create_server(f"{args.host}:{args.port}", config, args.workers),
+                          args.grace_seconds, stop_metrics)

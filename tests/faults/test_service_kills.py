@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from pirm.v1 import inference_pb2, inference_pb2_grpc, scorer_pb2
 
@@ -101,13 +102,35 @@ def test_job_past_its_time_limit_is_stopped_and_failed(cluster: Cluster, tmp_pat
         scorer.stop(grace=1.0)
 
 
-def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path) -> None:
-    port, metrics_port = free_port(), free_port()
+def start_inference_process(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIRM_")}
-    server = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "services.cli.main", "serve", "inference", "--insecure-dev",
          "--port", str(port), "--metrics-port", str(metrics_port), "--grace-seconds", "60"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_starting_server_is_not_serving_and_stops_cleanly_on_sigterm() -> None:
+    # The inference service listens seconds before its TensorFlow worker is up.
+    port = free_port()
+    server = start_inference_process(port, free_port())
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            first = health.Check(health_pb2.HealthCheckRequest(), timeout=120,
+                                 wait_for_ready=True).status
+            assert first == health_pb2.HealthCheckResponse.NOT_SERVING
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=120) == 0  # handled, not the default action's -15
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    server = start_inference_process(port, metrics_port)
     try:
         target = f"127.0.0.1:{port}"
         wait_serving(target)

@@ -97,6 +97,9 @@ def test_pirm_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         refused = pirm("jobs", "--scorer", f"127.0.0.1:{ports['scorer']}", check=False,
                        env=dict(env, PIRM_STATE_DIR=str(tmp_path / "elsewhere")))
         assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr
+        moved = dict(env, PIRM_STATE_DIR=str(tmp_path / "elsewhere"),
+                     PIRM_TOKENS_FILE=str(tmp_path / "tokens"))  # as `pirm up` honours it
+        assert pirm("jobs", "--scorer", f"127.0.0.1:{ports['scorer']}", env=moved).returncode == 0
         for port in metrics_ports.values():  # each service serves its Prometheus metrics
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
                 assert "grpc_server_handled_total{" in page.read().decode()
