@@ -77,14 +77,9 @@ def parse_graph(
     check_ops(graph_def)
     input_tensor = input_tensor or DEFAULT_INPUT
     output_tensor = output_tensor or DEFAULT_OUTPUT
-    nodes = {node.name for node in graph_def.node}
-    for role, tensor in (("input", input_tensor), ("output", output_tensor)):
-        node_name = tensor.split(":")[0]
-        if node_name not in nodes:
-            raise InvalidArgument(
-                f"model has no {role} tensor {tensor!r}: the graph has no node {node_name!r}. "
-                f"Name the {role} node {node_name!r} or pass the tensor name with the model"
-            )
+    missing = missing_tensors(graph_def, input_tensor, output_tensor)
+    if missing:
+        raise InvalidArgument(missing[0])
     spec = GraphSpec(
         name=name,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -95,6 +90,16 @@ def parse_graph(
         ops=tuple(sorted({node.op for node in graph_def.node})),
     )
     return graph_def, spec
+
+
+def missing_tensors(graph_def: graph_pb2.GraphDef, input_tensor: str,
+                    output_tensor: str) -> list[str]:
+    """What is wrong with the input and output tensor names: a node the graph lacks."""
+    nodes = {node.name for node in graph_def.node}
+    return [f"model has no {role} tensor {tensor!r}: the graph has no node {node_name!r}. "
+            f"Name the {role} node {node_name!r} or pass the tensor name with the model"
+            for role, tensor in (("input", input_tensor), ("output", output_tensor))
+            if (node_name := tensor.split(":")[0]) not in nodes]
 
 
 def decode_graph(data: bytes, max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> graph_pb2.GraphDef:
@@ -137,9 +142,7 @@ _UNLISTED = ("is not on the allowlist of pure numerical ops (convolutions, eleme
 
 
 def refusal_reason(op: str) -> str:
-    """Why `op` may not run; for an op on the allowlist, an empty string."""
-    if op in ALLOWED_OPS:
-        return ""
+    """Why `op`, an op outside the allowlist, may not run."""
     for markers, reason in _REFUSAL_FAMILIES:
         if any(marker in op for marker in markers):
             return reason

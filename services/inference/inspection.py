@@ -8,6 +8,7 @@ never imported. FLOP formulas count a multiply-add as 2 FLOPs, as TensorFlow's p
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from services.inference.graphs import (
     DEFAULT_INPUT,
     DEFAULT_OUTPUT,
     decode_graph,
+    missing_tensors,
     refused_ops,
 )
 
@@ -125,12 +127,6 @@ def inspect_graph(data: bytes, input_size: tuple[int, int], input_tensor: str = 
     )
 
 
-def missing_tensors(graph_def: graph_pb2.GraphDef, *tensors: str) -> list[str]:
-    nodes = {node.name for node in graph_def.node}
-    return [f"the graph has no node {t.split(':')[0]!r} for tensor {t!r}" for t in tensors
-            if t.split(":")[0] not in nodes]
-
-
 def shape_problems(input_shape: tuple[int, ...] | None,
                    output_shape: tuple[int, ...] | None) -> list[str]:
     """The challenge's contract: the output has the input's shape (SPEC.md section 1)."""
@@ -190,10 +186,7 @@ def traced_const(tensor: str, nodes: dict[str, Any]) -> str | None:
 
 
 def const_size(node: Any) -> int:
-    size = 1
-    for dim in node.attr["value"].tensor.tensor_shape.dim:
-        size *= dim.size
-    return size
+    return math.prod(dim.size for dim in node.attr["value"].tensor.tensor_shape.dim)
 
 
 def is_float(node: Any) -> bool:
@@ -271,13 +264,7 @@ class _ShapeUnknown(Exception):
 
 
 def _elements(tensor: Any) -> int:
-    shape = _static_shape(tensor)
-    if shape is None:
-        raise _ShapeUnknown
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
+    return math.prod(_dims(tensor))
 
 
 def _dims(tensor: Any) -> tuple[int, ...]:
@@ -292,13 +279,13 @@ def op_flops(op: Any) -> int:
     kind = op.type
     if kind in ("Conv2D", "Conv3D"):
         # every output value: a dot product over the kernel window and input channels
-        return 2 * _elements(op.outputs[0]) * _product(_dims(op.inputs[1])[:-1])
+        return 2 * _elements(op.outputs[0]) * math.prod(_dims(op.inputs[1])[:-1])
     if kind == "DepthwiseConv2dNative":
         height, width = _dims(op.inputs[1])[:2]
         return 2 * _elements(op.outputs[0]) * height * width
     if kind == "Conv2DBackpropInput":
         # the transposed convolution spreads each input value over kernel x result channels
-        return 2 * _elements(op.inputs[2]) * _product(_dims(op.inputs[1])[:-1])
+        return 2 * _elements(op.inputs[2]) * math.prod(_dims(op.inputs[1])[:-1])
     if kind in ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"):
         a = _dims(op.inputs[0])
         transposed = op.node_def.attr["transpose_a"].b or op.node_def.attr["adj_x"].b
@@ -315,17 +302,10 @@ def op_flops(op: Any) -> int:
     if kind == "Mean":
         return _elements(op.inputs[0])
     if kind in ("AvgPool", "MaxPool"):
-        return _product(op.node_def.attr["ksize"].list.i) * _elements(op.outputs[0])
+        return math.prod(op.node_def.attr["ksize"].list.i) * _elements(op.outputs[0])
     if kind.startswith("FusedBatchNorm"):
         return 2 * _elements(op.outputs[0])  # inference: one scale and one offset per value
     return 0  # constants, data movement, and NOT_MODELLED
-
-
-def _product(values: Any) -> int:
-    result = 1
-    for value in values:
-        result *= int(value)
-    return result
 
 
 def inspection_dict(found: Inspection) -> dict[str, Any]:

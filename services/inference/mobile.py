@@ -22,7 +22,7 @@ import numpy as np
 from services.common.errors import InvalidArgument
 from services.inference.engine import DEFAULT_MEMORY_LIMIT
 from services.inference.graphs import DEFAULT_INPUT, DEFAULT_OUTPUT, GraphSpec, parse_graph
-from services.inference.inspection import Inspection, inspect_graph
+from services.inference.inspection import Inspection, first_line, inspect_graph
 from services.inference.timing import Timing, TimingOptions, measure_interleaved
 from services.inference.worker import call_in_fresh_process, cap_data_segment
 
@@ -86,9 +86,7 @@ def conversion_error(error: Exception) -> MobileConversionError:
         return MobileConversionError(
             f"LiteRT has no built-in kernel for {', '.join(ops)}: the model cannot run on a "
             "phone's LiteRT runtime. Replace these ops with ones LiteRT supports", ops)
-    first = next((line.strip() for line in text.splitlines() if line.strip()),
-                 type(error).__name__)
-    return MobileConversionError(f"the LiteRT converter failed: {first[:400]}", ())
+    return MobileConversionError(f"the LiteRT converter failed: {first_line(error)[:400]}", ())
 
 
 def _array_name(tensor: str) -> str:

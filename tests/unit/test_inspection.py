@@ -188,7 +188,9 @@ def test_model_fixed_to_another_size_cannot_take_hd() -> None:
 
 def test_missing_output_tensor_is_a_problem() -> None:
     found = inspect_graph(serialized(tiny), HD, output_tensor="result:0")
-    assert found.problems == ("the graph has no node 'result' for tensor 'result:0'",)
+    assert found.problems == ("model has no output tensor 'result:0': the graph has no node "
+                              "'result'. Name the output node 'result' or pass the tensor "
+                              "name with the model",)
 
 
 def test_not_a_graph_is_refused() -> None:
