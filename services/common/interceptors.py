@@ -4,6 +4,8 @@ whatever its streaming kind, used by the error mapping here and by the metrics i
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,7 +20,7 @@ from services.common.auth import (
     reset_caller,
     set_caller,
 )
-from services.common.errors import PirmError, Unauthenticated
+from services.common.errors import PirmError, Unauthenticated, Unavailable
 from services.common.transport import AUTHORIZATION, BEARER
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,68 @@ def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Behavi
 
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"  # probes carry no token
+
+
+class DrainInterceptor(HandlerInterceptor):
+    """Counts the calls in progress (health's aside) and, once the server drains, refuses new
+    ones with UNAVAILABLE, which clients retry elsewhere. grpc's own stop closes a connection
+    the moment its last call ends: a reset then could cost a client the unread end of a large
+    response (seen under load), so the server closes only once every answer had time to be
+    read (RunningServer.stop)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._changed = threading.Condition()
+        self._calls = 0
+        self._last_end = float("-inf")
+        self._draining = False
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        if handler_call_details.method.startswith(HEALTH_PREFIX):
+            return continuation(handler_call_details)
+        return super().intercept_service(continuation, handler_call_details)
+
+    def refuse_new_calls(self) -> None:
+        with self._changed:
+            self._draining = True
+
+    def wait_idle(self, timeout_s: float) -> float:
+        """Waits up to `timeout_s` for the calls in progress to end; the monotonic time the
+        last one ended (-inf if none did)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._calls == 0, timeout_s)
+            return self._last_end
+
+    def wrap(self, behavior: Behavior, method: str, kind: str, streams_response: bool
+             ) -> Behavior:
+        def counted(request: Any, context: grpc.ServicerContext) -> Any:
+            self._enter()
+            try:
+                return behavior(request, context)
+            finally:
+                self._leave()
+
+        def counted_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            self._enter()
+            try:
+                yield from behavior(request, context)
+            finally:
+                self._leave()
+
+        return counted_stream if streams_response else counted
+
+    def _enter(self) -> None:
+        with self._changed:
+            if self._draining:
+                raise Unavailable(f"the {self.service} server is shutting down: retry the call "
+                                  "(another replica, or this one once restarted, will answer)")
+            self._calls += 1
+
+    def _leave(self) -> None:
+        with self._changed:
+            self._calls -= 1
+            self._last_end = time.monotonic()
+            self._changed.notify_all()
 
 
 class AuthInterceptor(HandlerInterceptor):

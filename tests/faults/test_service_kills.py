@@ -32,7 +32,7 @@ from services.scorer.scoring import Track
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from tests.cluster import TEST_TIMING, Cluster, supervised_cluster
-from tests.integration.helpers import scrape, slow_graph, total, wait_for
+from tests.integration.helpers import is_serving, scrape, slow_graph, total, wait_for
 from tests.official import run_graph
 from tests.reference import psnr_ref
 
@@ -134,10 +134,12 @@ def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path) -> None:
     try:
         target = f"127.0.0.1:{port}"
         wait_serving(target)
-        stub = inference_pb2_grpc.InferenceServiceStub(open_channel(target, 64))
+        channel = open_channel(target, 64)
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
         stub.LoadModel(inference_pb2.LoadModelRequest(name="slow", graph_def=slow_graph()),
                        timeout=120)
-        image = np.random.default_rng(0).random((512, 512, 3), np.float32)
+        # 12 MB each way: the answer's end must reach the client before the connection closes.
+        image = np.random.default_rng(0).random((1024, 1024, 3), np.float32)
         outcome: dict[str, object] = {}
 
         def infer() -> None:
@@ -152,11 +154,16 @@ def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path) -> None:
         call = threading.Thread(target=infer)
         call.start()
         # SIGTERM once the server handles the call (a request still on its way when the
-        # server stops is refused, as it should be): it takes seconds on 512x512.
+        # server stops is refused, as it should be): it takes seconds on 1024x1024.
         wait_for(lambda: total(scrape(metrics_port), "grpc_server_requests_in_flight",
                                grpc_method="Infer") == 1, "the Infer call in flight")
         signalled = time.monotonic()
         server.send_signal(signal.SIGTERM)
+        wait_for(lambda: not is_serving(channel), "health turning NOT_SERVING")
+        with pytest.raises(grpc.RpcError) as draining:  # a new call, while the first one runs
+            stub.ListModels(inference_pb2.ListModelsRequest(), timeout=10)
+        assert draining.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down: retry the call" in str(draining.value.details())
         call.join(120)
         assert "error" not in outcome, outcome.get("error")
         output = outcome["output"]
