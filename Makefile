@@ -77,8 +77,12 @@ lint: setup
 	$(BIN)/ruff check services tests deploy $(wildcard bench)
 	$(BIN)/mypy
 
+# Two pytest processes, whole files each (a file's fixtures start its servers once): on 2 cores
+# the suite waits on process starts and polls as much as it computes. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+
 test: setup lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit
