@@ -1,7 +1,10 @@
-"""Shared test fixtures: where the challenge data is, and helpers to skip without it."""
+"""Shared test fixtures: where the challenge data is, and helpers to skip without it; every
+test leaves the test process's limits as it found them."""
 
 from __future__ import annotations
 
+import resource
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,15 @@ from tests.cluster import (  # noqa: F401 - session fixtures for every test fold
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "pirm2018"
+
+
+@pytest.fixture(autouse=True)
+def process_limits_kept() -> Iterator[None]:
+    """A test leaves the limits of the test process as it found them: a test file's process
+    runs other files' tests after it (xdist), whose TensorFlow a lowered cap would abort."""
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    yield
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before, "the test lowered RLIMIT_DATA"
 
 
 @pytest.fixture(scope="session")

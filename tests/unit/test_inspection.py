@@ -5,8 +5,9 @@ conversion (a failure names the ops) and outputs against TensorFlow's."""
 
 from __future__ import annotations
 
+import resource
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,15 @@ def frozen(body: Builder, shape: list[int | None] | None = None) -> tf.Graph:
 
 def serialized(body: Builder) -> bytes:
     return frozen(body).as_graph_def().SerializeToString()
+
+
+@pytest.fixture
+def data_limit_restored() -> Iterator[None]:
+    """inspect_and_estimate caps the data segment of its process, made to be a fresh one: here,
+    the test process, where a later test's TensorFlow would then abort (seen under xdist)."""
+    saved = resource.getrlimit(resource.RLIMIT_DATA)
+    yield
+    resource.setrlimit(resource.RLIMIT_DATA, saved)
 
 
 def profiler_flops_by_op(graph: tf.Graph) -> dict[str, int]:
@@ -254,6 +264,7 @@ def test_refused_model_is_neither_converted_nor_run() -> None:
     assert "FLOPs per" not in text  # never imported, so never counted
 
 
+@pytest.mark.usefixtures("data_limit_restored")
 def test_conversion_failure_is_reported_by_op_name() -> None:
     found, estimate = inspect_and_estimate(serialized(resize_area), (1, 8, 8, 3),
                                            ("input:0", "output:0"), MobileRequest(threads=1))
