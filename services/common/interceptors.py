@@ -3,10 +3,12 @@ whatever its streaming kind, used by the error mapping here and by the metrics i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import grpc
@@ -26,6 +28,7 @@ from services.common.transport import AUTHORIZATION, BEARER
 log = logging.getLogger(__name__)
 
 Behavior = Callable[..., Any]
+HEALTH_PREFIX = "/grpc.health.v1.Health/"  # probes carry no token
 
 # The four kinds of gRPC method: the handler attribute holding the behaviour, the factory that
 # rebuilds a handler around a wrapped behaviour, and whether the response is a stream.
@@ -40,6 +43,8 @@ _KINDS = (
 class HandlerInterceptor(grpc.ServerInterceptor):
     """Base of our interceptors: subclasses say how to wrap one method's behaviour."""
 
+    passes_health = False  # True: health calls go through unwrapped
+
     def wrap(self, behavior: Behavior, method: str, kind: str, streams_response: bool
              ) -> Behavior:
         """Returns the behaviour to run instead; a streaming one must be a generator."""
@@ -47,8 +52,9 @@ class HandlerInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+        if handler is None or (self.passes_health and
+                               handler_call_details.method.startswith(HEALTH_PREFIX)):
+            return handler
         for kind, make_handler, streams_response in _KINDS:
             behavior = getattr(handler, kind)
             if behavior:
@@ -58,6 +64,21 @@ class HandlerInterceptor(grpc.ServerInterceptor):
                     response_serializer=handler.response_serializer,
                 )
         return handler
+
+
+def wrapped_in(scope: Callable[[grpc.ServicerContext], AbstractContextManager[Any]],
+               behavior: Behavior, streams_response: bool) -> Behavior:
+    """`behavior` run inside `scope(context)`: for a streamed response, around the whole
+    stream (the generator's end or abandonment exits the scope)."""
+    def scoped(request: Any, context: grpc.ServicerContext) -> Any:
+        with scope(context):
+            return behavior(request, context)
+
+    def scoped_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        with scope(context):
+            yield from behavior(request, context)
+
+    return scoped_stream if streams_response else scoped
 
 
 class ErrorInterceptor(HandlerInterceptor):
@@ -100,9 +121,6 @@ def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Behavi
     return guarded
 
 
-HEALTH_PREFIX = "/grpc.health.v1.Health/"  # probes carry no token
-
-
 class DrainInterceptor(HandlerInterceptor):
     """Counts the calls in progress (health's aside) and, once the server drains, refuses new
     ones with UNAVAILABLE, which clients retry elsewhere. grpc's own stop closes a connection
@@ -110,17 +128,14 @@ class DrainInterceptor(HandlerInterceptor):
     response (seen under load), so the server closes only once every answer had time to be
     read (RunningServer.stop)."""
 
+    passes_health = True
+
     def __init__(self, service: str) -> None:
         self.service = service
         self._changed = threading.Condition()
         self._calls = 0
         self._last_end = float("-inf")
         self._draining = False
-
-    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        if handler_call_details.method.startswith(HEALTH_PREFIX):
-            return continuation(handler_call_details)
-        return super().intercept_service(continuation, handler_call_details)
 
     def refuse_new_calls(self) -> None:
         with self._changed:
@@ -135,34 +150,22 @@ class DrainInterceptor(HandlerInterceptor):
 
     def wrap(self, behavior: Behavior, method: str, kind: str, streams_response: bool
              ) -> Behavior:
-        def counted(request: Any, context: grpc.ServicerContext) -> Any:
-            self._enter()
-            try:
-                return behavior(request, context)
-            finally:
-                self._leave()
+        return wrapped_in(self._counted, behavior, streams_response)
 
-        def counted_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            self._enter()
-            try:
-                yield from behavior(request, context)
-            finally:
-                self._leave()
-
-        return counted_stream if streams_response else counted
-
-    def _enter(self) -> None:
+    @contextlib.contextmanager
+    def _counted(self, _context: grpc.ServicerContext) -> Iterator[None]:
         with self._changed:
             if self._draining:
                 raise Unavailable(f"the {self.service} server is shutting down: retry the call "
                                   "(another replica, or this one once restarted, will answer)")
             self._calls += 1
-
-    def _leave(self) -> None:
-        with self._changed:
-            self._calls -= 1
-            self._last_end = time.monotonic()
-            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._calls -= 1
+                self._last_end = time.monotonic()
+                self._changed.notify_all()
 
 
 class AuthInterceptor(HandlerInterceptor):
@@ -170,32 +173,23 @@ class AuthInterceptor(HandlerInterceptor):
     serves; the handler finds the caller in auth.caller(). Without tokens (--insecure-dev),
     every caller is auth.DEVELOPER."""
 
+    passes_health = True
+
     def __init__(self, tokens: Tokens | None, roles: frozenset[Role]) -> None:
         self.tokens = tokens
         self.roles = roles
 
-    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        if handler_call_details.method.startswith(HEALTH_PREFIX):
-            return continuation(handler_call_details)
-        return super().intercept_service(continuation, handler_call_details)
-
     def wrap(self, behavior: Behavior, method: str, kind: str, streams_response: bool
              ) -> Behavior:
-        def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
+        @contextlib.contextmanager
+        def authenticated(context: grpc.ServicerContext) -> Iterator[None]:
             token = set_caller(self.authenticate(context, method))
             try:
-                return behavior(request, context)
+                yield
             finally:
                 reset_caller(token)
 
-        def authenticated_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            token = set_caller(self.authenticate(context, method))
-            try:
-                yield from behavior(request, context)
-            finally:
-                reset_caller(token)
-
-        return authenticated_stream if streams_response else authenticated
+        return wrapped_in(authenticated, behavior, streams_response)
 
     def authenticate(self, context: grpc.ServicerContext, method: str) -> Principal:
         if self.tokens is None:

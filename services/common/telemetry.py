@@ -15,14 +15,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import grpc
 import prometheus_client
 from google.protobuf import descriptor_pool
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from services.common.interceptors import Behavior, HandlerInterceptor
+from services.common.interceptors import Behavior, HandlerInterceptor, wrapped_in
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +57,7 @@ class GrpcMetricsInterceptor(HandlerInterceptor):
     def wrap(self, behavior: Behavior, method: str, kind: str, streams_response: bool
              ) -> Behavior:
         labels = rpc_labels(method, kind)
-        if streams_response:
-            def observed_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                with _observed(labels, context):
-                    yield from behavior(request, context)
-
-            return observed_stream
-
-        def observed(request: Any, context: grpc.ServicerContext) -> Any:
-            with _observed(labels, context):
-                return behavior(request, context)
-
-        return observed
+        return wrapped_in(lambda context: _observed(labels, context), behavior, streams_response)
 
 
 @contextlib.contextmanager
