@@ -7,9 +7,11 @@ leaderboards come back as the API's protobuf messages (protos/pirm/v1/scorer.pro
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,31 @@ from services.scorer.wire import (
 )
 
 DEFAULT_TARGET = "127.0.0.1:50053"
+SERVICE = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
+# Calls that may be repeated without changing the outcome: reads, a cancel, a MOS (the same
+# value twice), shard results (an image is stored once), and SubmitJob, since this client
+# always sends a request id (the scorer returns the job it already made for that id).
+IDEMPOTENT = ("GetJob", "WatchJob", "ListJobs", "Leaderboard", "GetJobImages", "GetImageCrops",
+              "CancelJob", "SetMos", "ReportImageResults", "SubmitJob")
+# A watch cut by UNAVAILABLE (a scorer restart, a pod moving, a connection recycled) is
+# opened again for this long before the client gives up.
+RECONNECT_S = 120.0
+# A server going away ends a stream with UNAVAILABLE, or CANCELLED when its grace ran out.
+RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
+def retry_options(max_message_mb: int) -> list[tuple[str, Any]]:
+    """gRPC's own retries of UNAVAILABLE for the idempotent calls (a scorer restarting or
+    draining, a connection recycled), with a retry buffer as large as a message: a
+    SubmitJob carries the model (up to 100 MB), beyond gRPC's 256 KiB default buffer."""
+    config = {"methodConfig": [{
+        "name": [{"service": SERVICE, "method": method} for method in IDEMPOTENT],
+        "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.5s", "maxBackoff": "8s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }]}
+    buffer = max_message_mb * 1024 * 1024
+    return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config)),
+            ("grpc.per_rpc_retry_buffer_size", buffer), ("grpc.retry_buffer_size", buffer)]
 
 
 FINAL_STATES = (scorer_pb2.JOB_STATE_SUCCEEDED, scorer_pb2.JOB_STATE_FAILED,
@@ -52,7 +79,8 @@ class ScorerClient:
         target = target or os.environ.get("PIRM_SCORER_TARGET") or DEFAULT_TARGET
         security = security or ChannelSecurity()
         token = token or security.token or os.environ.get("PIRM_TOKEN")
-        self._channel = open_channel(target, max_message_mb, security.with_token(token))
+        self._channel = open_channel(target, max_message_mb, security.with_token(token),
+                                     retry_options(max_message_mb))
         self._stub = scorer_pb2_grpc.ScorerServiceStub(self._channel)
         self._deadline = deadline_s
 
@@ -78,7 +106,8 @@ class ScorerClient:
         sharded: bool = False,
     ) -> scorer_pb2.Job:
         """A new job, or the job already submitted with this team and request id. A sharded
-        job is measured by batch shards (report_image_results), then timed and scored."""
+        job is measured by batch shards (report_image_results), then timed and scored. Without
+        a request id one is made, so that a retried call never makes a second job."""
         graph_def = model.read_bytes() if isinstance(model, Path) else model
         request = scorer_pb2.SubmitJobRequest(
             track=TRACK_MESSAGES[Track(track)],
@@ -87,7 +116,7 @@ class ScorerClient:
             model_name=model_name or (model.name if isinstance(model, Path) else ""),
             dataset=str(Path(dataset).resolve()),
             team=team,
-            request_id=request_id,
+            request_id=request_id or f"auto-{uuid.uuid4().hex}",
             sharded=sharded,
         )
         if mos is not None:
@@ -98,33 +127,64 @@ class ScorerClient:
         """The job as it stands: state, progress, and its result once succeeded."""
         return self._stub.GetJob(scorer_pb2.GetJobRequest(job_id=job_id), timeout=self._deadline)
 
-    def watch(self, job_id: str, timeout_s: float = 3600.0) -> Iterator[scorer_pb2.Job]:
-        """Yields the job at each change until it is final. When the scorer already streams as
+    def watch(self, job_id: str, timeout_s: float = 4 * 3600.0) -> Iterator[scorer_pb2.Job]:
+        """Yields the job at each change until it is final. A stream cut by UNAVAILABLE (a
+        recycled connection, a scorer restart) is opened again and goes on from the job's
+        state then, never yielding the same job twice. When the scorer already streams as
         many watches as it allows (RESOURCE_EXHAUSTED), it polls GetJob instead."""
-        try:
-            yield from self._stub.WatchJob(scorer_pb2.GetJobRequest(job_id=job_id),
-                                           timeout=timeout_s)
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise
-            yield from self._poll(job_id, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        last: scorer_pb2.Job | None = None
+        cut_since: float | None = None  # when the stream was last cut, if not since reopened
+        request = scorer_pb2.GetJobRequest(job_id=job_id)
+        while True:
+            failure: grpc.RpcError | None = None
+            try:
+                for job in self._stub.WatchJob(request,
+                                               timeout=max(1.0, deadline - time.monotonic())):
+                    cut_since = None
+                    if job != last:
+                        last = job
+                        yield job
+                if last is not None and last.state in FINAL_STATES:
+                    return
+            except grpc.RpcError as error:  # the stream ended early otherwise: a server stop
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    yield from self._poll(job_id, deadline - time.monotonic(), last)
+                    return
+                if error.code() not in RESUMABLE or time.monotonic() >= deadline:
+                    raise
+                failure = error
+            now = time.monotonic()
+            cut_since = now if cut_since is None else cut_since
+            try:
+                if now - cut_since > RECONNECT_S:
+                    raise grpc.FutureTimeoutError()
+                time.sleep(0.5)
+                grpc.channel_ready_future(self._channel).result(
+                    timeout=max(0.1, min(RECONNECT_S - (now - cut_since),
+                                         deadline - time.monotonic())))
+            except grpc.FutureTimeoutError:
+                if failure is not None:
+                    raise failure from None
+                raise TimeoutError(f"the scorer did not answer for {RECONNECT_S:.0f} s while "
+                                   f"job {job_id} was watched") from None
 
     def status(self, job_id: str) -> scorer_pb2.Job:
         """`pirm status`: the same as get()."""
         return self.get(job_id)
 
-    def wait(self, job_id: str, timeout_s: float = 3600.0) -> scorer_pb2.Job:
+    def wait(self, job_id: str, timeout_s: float = 4 * 3600.0) -> scorer_pb2.Job:
         """Blocks until the job is final (succeeded, failed or cancelled) and returns it."""
         job = self.get(job_id)
         for update in self.watch(job_id, timeout_s):
             job = update
         return job
 
-    def _poll(self, job_id: str, timeout_s: float,
+    def _poll(self, job_id: str, timeout_s: float, last: scorer_pb2.Job | None = None,
               every_s: float = 2.0) -> Iterator[scorer_pb2.Job]:
-        """The job each time it changed, until it is final or `timeout_s` has passed."""
+        """The job each time it changed (from `last`), until it is final or `timeout_s` has
+        passed."""
         deadline = time.monotonic() + timeout_s
-        last = None
         while True:
             job = self.get(job_id)
             if job != last:

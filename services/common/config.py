@@ -56,6 +56,16 @@ def add_server_flags(parser: argparse.ArgumentParser, service: str) -> None:
         "--grace-seconds", type=float, default=env_default("PIRM_GRACE_SECONDS", 10.0, float),
         help="how long in-flight calls may finish after SIGTERM (env PIRM_GRACE_SECONDS)",
     )
+    parser.add_argument(
+        "--max-connection-age-s", type=float,
+        default=env_default("PIRM_MAX_CONNECTION_AGE_S", 300.0, float),
+        help="clients are asked to reconnect after this long, so that new replicas receive "
+             "load (env PIRM_MAX_CONNECTION_AGE_S)")
+    parser.add_argument(
+        "--connection-age-grace-s", type=float,
+        default=env_default("PIRM_CONNECTION_AGE_GRACE_S", None, float),
+        help="how long a call in flight on such a connection may go on; unset: until it ends "
+             "(env PIRM_CONNECTION_AGE_GRACE_S)")
     add_security_flags(parser)
 
 

@@ -48,6 +48,18 @@ class Unavailable(PirmError):
     status = "UNAVAILABLE"
 
 
+class DeadlineExceeded(PirmError):
+    """A call got no answer within its deadline."""
+
+    status = "DEADLINE_EXCEEDED"
+
+
+class Aborted(PirmError):
+    """Work that was started and lost, and is not started again (see the message)."""
+
+    status = "ABORTED"
+
+
 class Cancelled(PirmError):
     """The caller gave up on the work (a cancelled job, a cancelled call): it was stopped."""
 

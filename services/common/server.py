@@ -56,10 +56,33 @@ def message_options(max_message_mb: int) -> list[tuple[str, int]]:
     return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
 
 
-def open_channel(target: str, max_message_mb: int,
-                 security: ChannelSecurity | None = None) -> grpc.Channel:
-    """A channel with our message limits, and TLS and a bearer token when `security` says."""
-    return secure(message_options(max_message_mb), target, security or ChannelSecurity())
+def open_channel(target: str, max_message_mb: int, security: ChannelSecurity | None = None,
+                 options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+    """A channel with our message limits (and further `options`), and TLS and a bearer token
+    when `security` says."""
+    return secure([*message_options(max_message_mb), *(options or [])], target,
+                  security or ChannelSecurity())
+
+
+@dataclass(frozen=True)
+class ConnectionAge:
+    """How long a client connection lives: after `age_s` the server asks the client to
+    reconnect (GOAWAY), so that new replicas receive load. A call in flight then is cut only
+    after `grace_s`; None (the default) lets it finish however long it takes, since a timing of
+    a slow model or a watch of a long job may last far longer than any fixed grace."""
+
+    age_s: float = 300.0
+    grace_s: float | None = None
+
+    def options(self) -> list[tuple[str, int]]:
+        options = [("grpc.max_connection_age_ms", int(self.age_s * 1000))]
+        if self.grace_s is not None:
+            options.append(("grpc.max_connection_age_grace_ms", int(self.grace_s * 1000)))
+        return options
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ConnectionAge:
+        return cls(args.max_connection_age_s, args.connection_age_grace_s)
 
 
 @dataclass
@@ -111,18 +134,14 @@ def create_server(
     max_message_mb: int,
     workers: int = 8,
     security: ServerSecurity | None = None,
+    connections: ConnectionAge | None = None,
 ) -> RunningServer:
     """Builds and binds a server (port 0 picks a free one) that is not yet marked SERVING.
     Without `security`, authentication is disabled and only a loopback address is allowed."""
     security = security or ServerSecurity()
     security.check_address(address)
     limit_malloc_arenas()
-    options = [
-        *message_options(max_message_mb),
-        # Clients reconnect now and then, so that new replicas receive load.
-        ("grpc.max_connection_age_ms", 5 * 60 * 1000),
-        ("grpc.max_connection_age_grace_ms", 60 * 1000),
-    ]
+    options = [*message_options(max_message_mb), *(connections or ConnectionAge()).options()]
     calls = DrainInterceptor(bindings[0].full_name)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),

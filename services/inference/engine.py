@@ -42,6 +42,7 @@ from services.inference.worker import (
 DEVICES = ("cpu", "gpu")
 MIB = 1024 * 1024
 DEFAULT_MEMORY_LIMIT = 3584 * MIB  # the challenge's 3.5 GB on a 1280x720 image
+VET_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,22 @@ class DeviceLock:
                 self._cond.notify_all()
 
     @contextlib.contextmanager
+    def shared_if_free(self) -> Iterator[bool]:
+        """Shared use if no timing holds or waits for the device (yields True), else nothing
+        (False) rather than a wait."""
+        with self._cond:
+            free = not self._writer
+            if free:
+                self._readers += 1
+        try:
+            yield free
+        finally:
+            if free:
+                with self._cond:
+                    self._readers -= 1
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         with telemetry.waiting_for_device(self.device, "exclusive"), self._cond:
             self._cond.wait_for(lambda: not self._writer)
@@ -124,55 +141,79 @@ class Engine:
         self._lock = threading.Lock()
         self._device_locks = {device: DeviceLock(device) for device in DEVICES}
         self._spare = SpareProcess()
+        # Submissions are vetted in a process of their own, so that accepting one never waits
+        # for a timing that holds a device's worker for minutes.
+        self._vetter = Worker(replace(self._worker_settings("cpu"), role="vet", nice=VET_NICE,
+                                      intra_op_threads=1, inter_op_threads=1))
 
     def start(self) -> None:
-        """Starts the default device's worker and the memory probes' spare process, and waits
-        for both: the service is ready once no TensorFlow import is left to take CPU from the
-        first job's inference (measured: it made the first DIV2K image 1.6 s slower)."""
+        """Starts the default device's worker, the vetting process and the memory probes' spare
+        process, and waits for all three: the service is ready once no TensorFlow import is
+        left to take CPU from the first job's inference (measured: it made the first DIV2K
+        image 1.6 s slower)."""
         self._spare.prepare()
+        vetter = threading.Thread(target=self._vetter.call, args=("ping",), daemon=True,
+                                  name="inference-vetter-start")
+        vetter.start()
         self._worker(self.settings.default_device).call("ping")
+        vetter.join()
         self._spare.wait_ready()
 
     def load(
         self, name: str, data: bytes, input_tensor: str = "", output_tensor: str = ""
     ) -> GraphSpec:
-        """Vets and loads a graph (in the worker: parsing untrusted bytes is isolated too)."""
+        """Vets a graph and holds it for the devices' workers, which load it on first use.
+        Vetting runs in the vetting process (parsing untrusted bytes is isolated too, and never
+        waits for a timing); the warm-up run follows at once if the device is free, else once
+        the timing holding it is done."""
         if not name:
             raise InvalidArgument("a model needs a name")
         check_model_size(len(data), self.settings.max_model_bytes)
-        worker = self._worker(self.settings.default_device)
+        device = self.settings.default_device
         source = ModelSource(name, data, input_tensor, output_tensor,
                              self.settings.max_model_bytes)
         with self._lock:
             if self._sources.get(name) == source:  # the scorer loads at submission and per job
                 return self._specs[name]
         try:
-            spec: GraphSpec = worker.call("load", *source.load_args())
+            spec: GraphSpec = self._vetter.call("vet", *source.load_args())
         except PirmError:
-            telemetry.model_load_failed(worker.settings.device)
+            telemetry.model_load_failed(device)
             raise
         with self._lock:
             self._sources[name] = source
             self._specs[name] = spec
             self._stats[name] = stats = ModelStatistics()
-            for other in self._workers.values():
-                if other is not worker:
-                    other.loaded.discard(name)  # stale: reloaded there on first use
+            for worker in self._workers.values():
+                worker.loaded.discard(name)  # other bytes under this name: reloaded on use
             models_held = len(self._specs)
-        worker.loaded.add(name)
-        telemetry.model_loaded(worker.settings.device, models_held)
-        self._warm_up(name, stats)
+        telemetry.model_loaded(device, models_held)
+        if not self._warm_up(name, stats, device, wait=False):
+            threading.Thread(target=self._warm_up, args=(name, stats, device), daemon=True,
+                             name=f"warm-up-{name}"[:40]).start()
         return spec
 
-    def _warm_up(self, name: str, stats: ModelStatistics) -> None:
+    def _warm_up(self, name: str, stats: ModelStatistics, device: str,
+                 wait: bool = True) -> bool:
         """One run on a small image before the model is reported ready; a model that fails it
-        stays loaded (its requests then fail with the model's own error) but never ready."""
-        try:
-            self.infer(name, np.zeros(WARMUP_SHAPE, np.float32), record=False)
-        except PirmError as error:
-            stats.warmup_error = str(error)
-        else:
-            stats.ready = True
+        stays loaded (its requests then fail with the model's own error) but never ready.
+        Without `wait`, nothing is done (False) while a timing holds the device."""
+        lock = self._device_locks[device]
+        with contextlib.ExitStack() as held:
+            if not wait and not held.enter_context(lock.shared_if_free()):
+                return False
+            if wait:
+                held.enter_context(lock.shared())
+            try:
+                self._worker(device).run(name, np.zeros(WARMUP_SHAPE, np.float32),
+                                         models=self._sources_of(name))
+            except NotFound:
+                return True  # unloaded meanwhile
+            except PirmError as error:
+                stats.warmup_error = str(error)
+            else:
+                stats.ready = True
+        return True
 
     def statistics(self, name: str) -> ModelStatistics:
         with self._lock:
@@ -206,8 +247,7 @@ class Engine:
             worker.loaded.discard(name)
             worker.call("unload", name)
 
-    def infer(self, name: str, image: np.ndarray, device: str = "",
-              record: bool = True) -> tuple[np.ndarray, float]:
+    def infer(self, name: str, image: np.ndarray, device: str = "") -> tuple[np.ndarray, float]:
         """Runs the model once; returns its output and the wall time of the run in ms."""
         device = self._device(device)
         image = _as_model_input(image)
@@ -217,12 +257,10 @@ class Engine:
                 output, run_ms = self._worker(device).run(name, image,
                                                           models=self._sources_of(name))
         except PirmError:
-            if record:
-                self._record(name, time.perf_counter_ns() - start, None)
+            self._record(name, time.perf_counter_ns() - start, None)
             raise
-        if record:
-            self._record(name, time.perf_counter_ns() - start, int(run_ms * 1e6))
-            telemetry.model_ran(name, device, run_ms)
+        self._record(name, time.perf_counter_ns() - start, int(run_ms * 1e6))
+        telemetry.model_ran(name, device, run_ms)
         return output, run_ms
 
     def _record(self, name: str, elapsed_ns: int, compute_ns: int | None) -> None:
@@ -306,7 +344,7 @@ class Engine:
     def close(self) -> None:
         with self._lock:
             workers = list(self._workers.values())
-        for worker in workers:
+        for worker in [*workers, self._vetter]:
             worker.stop()
         self._spare.close()
 

@@ -35,6 +35,11 @@ class LoadedModel:
     def __init__(self, spec: GraphSpec, graph_def: tf.compat.v1.GraphDef, device: str,
                  config: tf.compat.v1.ConfigProto) -> None:
         self.spec = spec
+        self.session = tf.compat.v1.Session(graph=self.import_graph(spec, graph_def, device),
+                                            config=config)
+
+    @staticmethod
+    def import_graph(spec: GraphSpec, graph_def: tf.compat.v1.GraphDef, device: str) -> tf.Graph:
         graph = tf.Graph()
         with graph.as_default(), tf.device(f"/{device.upper()}:0"):
             try:
@@ -43,7 +48,7 @@ class LoadedModel:
                 graph.get_tensor_by_name(spec.output_tensor)
             except (ValueError, KeyError, tf.errors.OpError) as error:
                 raise InvalidArgument(f"model {spec.name!r} cannot be imported: {error}") from error
-        self.session = tf.compat.v1.Session(graph=graph, config=config)
+        return graph
 
     def run(self, image: np.ndarray) -> np.ndarray:
         try:
@@ -95,6 +100,14 @@ class ModelRuntime:
         self.models[name] = LoadedModel(spec, graph_def, self.device, self.config)
         if existing is not None:
             existing.session.close()
+        return spec
+
+    def vet(self, name: str, data: bytes, input_tensor: str, output_tensor: str,
+            max_bytes: int) -> GraphSpec:
+        """What loading checks (the allowlist, the tensors, TensorFlow's import of the graph),
+        without a session: the submission is refused or accepted, nothing is kept."""
+        graph_def, spec = parse_graph(name, data, input_tensor, output_tensor, max_bytes)
+        LoadedModel.import_graph(spec, graph_def, self.device)
         return spec
 
     def unload(self, name: str) -> None:

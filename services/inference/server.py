@@ -14,6 +14,7 @@ from services.common.auth import INTERNAL_ONLY
 from services.common.config import MIB, add_server_flags, env_default
 from services.common.logs import setup_logging
 from services.common.server import (
+    ConnectionAge,
     RunningServer,
     ServiceBinding,
     serve_until_signalled,
@@ -39,6 +40,7 @@ def create_server(
     max_message_mb: int = 64,
     workers: int = 8,
     security: ServerSecurity | None = None,
+    connections: ConnectionAge | None = None,
 ) -> RunningServer:
     engine = Engine(settings or EngineSettings())
     bindings = [
@@ -49,7 +51,8 @@ def create_server(
                        oip_grpc.add_GRPCInferenceServiceServicer_to_server,
                        OpenInferenceServicer(engine)),
     ]
-    running = create_grpc_server(address, bindings, max_message_mb, workers, security)
+    running = create_grpc_server(address, bindings, max_message_mb, workers, security,
+                                 connections)
     running.on_stop.append(engine.close)
     engine.start()  # SERVING only once a TensorFlow worker is up
     running.mark_serving()
@@ -106,5 +109,5 @@ def main(argv: list[str] | None = None) -> None:
     stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
     serve_until_signalled(
         lambda: create_server(f"{args.host}:{args.port}", settings, args.max_message_mb,
-                              args.workers, security),
+                              args.workers, security, ConnectionAge.from_args(args)),
         args.grace_seconds, stop_metrics)

@@ -14,6 +14,7 @@ from services.inference.engine import Engine
 from services.inference.graphs import GraphSpec
 from services.inference.timing import TimingOptions
 
+WORK_STARTED = ("pirm-work", "started")  # the scorer's clients.py reads it
 _DEVICES = {common_pb2.DEVICE_UNSPECIFIED: "", common_pb2.DEVICE_CPU: "cpu",
             common_pb2.DEVICE_GPU: "gpu"}
 
@@ -85,6 +86,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def Benchmark(
         self, request: inference_pb2.BenchmarkRequest, context: grpc.ServicerContext
     ) -> inference_pb2.BenchmarkResponse:
+        # Tells the caller the work has begun: a call lost after this is not retried blindly
+        # (a timing takes minutes; see the scorer's EndpointPool.long_call).
+        context.send_initial_metadata((WORK_STARTED,))
         image = from_tensor(request.input, "input")
         options, device = timing_options(request.options), _DEVICES[request.device]
         # A caller that gives up (a cancelled job) stops the measurement and frees the device.

@@ -56,6 +56,10 @@ class WorkerSettings:
     # measured on an HD image by the probe; this cap is looser (quality images are larger) but
     # keeps a hostile graph from exhausting the node: its allocation fails inside TensorFlow.
     data_limit_bytes: int = 0
+    # A vetting process (Engine's vetter) parses and imports submissions while a timing may run
+    # on the device's worker: it runs at a lower priority so that it disturbs the timing less.
+    role: str = ""  # "" for a device's worker; its process is named pirm-tf-<role or device>
+    nice: int = 0
 
 
 def name_process(name: str) -> None:
@@ -66,8 +70,10 @@ def name_process(name: str) -> None:
 
 def _serve(conn: Connection, settings: WorkerSettings) -> None:
     """The worker's loop: (method, args) in, ("ok", result) or ("error", (kind, text)) out."""
-    name_process(f"pirm-tf-{settings.device}")
+    name_process(f"pirm-tf-{settings.role or settings.device}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
+    if settings.nice:
+        os.nice(settings.nice)
     try:
         from services.inference.runtime import ModelRuntime
 

@@ -10,6 +10,7 @@ from services.common.auth import INTERNAL_ONLY
 from services.common.config import add_server_flags
 from services.common.logs import setup_logging
 from services.common.server import (
+    ConnectionAge,
     RunningServer,
     ServiceBinding,
     serve_until_signalled,
@@ -28,11 +29,13 @@ SERVICE_NAME = metrics_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_na
 
 
 def create_server(address: str, max_message_mb: int = 64, workers: int = 8,
-                  security: ServerSecurity | None = None) -> RunningServer:
+                  security: ServerSecurity | None = None,
+                  connections: ConnectionAge | None = None) -> RunningServer:
     binding = ServiceBinding(
         SERVICE_NAME, metrics_pb2_grpc.add_MetricsServiceServicer_to_server, MetricsServicer()
     )
-    running = create_grpc_server(address, [binding], max_message_mb, workers, security)
+    running = create_grpc_server(address, [binding], max_message_mb, workers, security,
+                                 connections)
     warm_up()  # load the compiled kernels (compiled once per machine) before SERVING
     running.mark_serving()
     return running
@@ -47,5 +50,5 @@ def main(argv: list[str] | None = None) -> None:
     stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
     serve_until_signalled(
         lambda: create_server(f"{args.host}:{args.port}", args.max_message_mb, args.workers,
-                              security),
+                              security, ConnectionAge.from_args(args)),
         args.grace_seconds, stop_metrics)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import socket
 import threading
 import time
@@ -35,6 +36,7 @@ from services.inference.timing import DeviceTiming, RuntimeComparison, TimingOpt
 from services.metrics.quality import PairQuality, QualityOptions
 from services.metrics.servicer import FLAVOR_MESSAGES
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 C = TypeVar("C", "InferenceClient", "MetricsClient")
 DNS_PREFIX = "dns:///"
@@ -53,14 +55,26 @@ _ERRORS: dict[grpc.StatusCode, type[errors.PirmError]] = {
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
 }
+# A timing lost after its server began it (its server killed or restarted, its connection cut)
+# is started again at most LONG_CALL_STARTS times in all, then its job fails; one refused
+# before it began (a server down or draining) is retried as any call.
+LONG_CALL_STARTS = 2
+# The inference service's first answer to a Benchmark call, before the work (servicer.py).
+WORK_STARTED = ("pirm-work", "started")
+
+
+class WorkLost(errors.Unavailable):
+    """A call lost (UNAVAILABLE) after its server had begun the work."""
 
 
 def call_with_retry(
     service: str, call: Callable[[], T], attempts: int = 5, first_backoff_s: float = 0.2
 ) -> T:
     """`call` with UNAVAILABLE retried after 0.2, 0.4, 0.8 ... s; other statuses raised at once
-    as the domain error of the same code."""
+    as the domain error of the same code. The message names the service, not its address: a
+    job's error is read by its team."""
     for attempt in range(attempts):
         try:
             return call()
@@ -70,7 +84,10 @@ def call_with_retry(
                 time.sleep(first_backoff_s * 2**attempt)
                 continue
             kind = _ERRORS.get(code, errors.PirmError)
-            raise kind(f"{service}: {error.details()}") from error
+            details = error.details()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                details = "no answer within the call's deadline"
+            raise kind(f"{service}: {details}") from error
     raise AssertionError("unreachable")
 
 
@@ -113,15 +130,17 @@ class InferenceClient:
         return from_tensor(response.output, "model output")
 
     def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
-                  measure_memory: bool = False,
-                  abort: threading.Event | None = None) -> DeviceTiming:
-        response = self._benchmark(model, "", image, options, measure_memory, abort)
+                  measure_memory: bool = False, abort: threading.Event | None = None,
+                  deadline_s: float | None = None) -> DeviceTiming:
+        response = self._benchmark(model, "", image, options, measure_memory, abort,
+                                   deadline_s)
         return timing_from_proto(response.timing)
 
     def compare(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
-                measure_memory: bool = False,
-                abort: threading.Event | None = None) -> RuntimeComparison:
-        response = self._benchmark(model, baseline, image, options, measure_memory, abort)
+                measure_memory: bool = False, abort: threading.Event | None = None,
+                deadline_s: float | None = None) -> RuntimeComparison:
+        response = self._benchmark(model, baseline, image, options, measure_memory, abort,
+                                   deadline_s)
         return RuntimeComparison(
             solution=timing_from_proto(response.timing),
             baseline=timing_from_proto(response.baseline_timing),
@@ -131,8 +150,11 @@ class InferenceClient:
         )
 
     def _benchmark(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
-                   measure_memory: bool, abort: threading.Event | None
-                   ) -> inference_pb2.BenchmarkResponse:
+                   measure_memory: bool, abort: threading.Event | None,
+                   deadline_s: float | None) -> inference_pb2.BenchmarkResponse:
+        """A timing lasts as long as its model needs (minutes for a slow one): its deadline is
+        the caller's `deadline_s` (a job's remaining time), not the calls' fixed one; and it
+        is not retried here (EndpointPool.long_call decides)."""
         request = inference_pb2.BenchmarkRequest(
             model=model,
             baseline_model=baseline,
@@ -144,11 +166,22 @@ class InferenceClient:
             ),
             measure_memory=measure_memory,
         )
-        return self._call(lambda: _abortable(
-            self._stub.Benchmark.future(request, timeout=self._deadline), abort))
+        timeout = self._deadline if deadline_s is None else deadline_s
+
+        def call() -> inference_pb2.BenchmarkResponse:
+            future = self._stub.Benchmark.future(request, timeout=timeout)
+            try:
+                return _abortable(future, abort)
+            except grpc.RpcError as error:
+                if (error.code() == grpc.StatusCode.UNAVAILABLE
+                        and WORK_STARTED in (future.initial_metadata() or ())):
+                    raise WorkLost(f"inference: {error.details()}") from error
+                raise
+
+        return call_with_retry("inference", call, attempts=1)
 
     def _call(self, call: Callable[[], T]) -> T:
-        return call_with_retry(f"inference {self.target}", call, self._attempts)
+        return call_with_retry("inference", call, self._attempts)
 
     def close(self) -> None:
         self._channel.close()
@@ -179,7 +212,7 @@ class MetricsClient:
             ),
         )
         response = call_with_retry(
-            f"metrics {self.target}", lambda: self._stub.Evaluate(request, timeout=self._deadline),
+            "metrics", lambda: self._stub.Evaluate(request, timeout=self._deadline),
             self._attempts,
         )
         return PairQuality(psnr=response.psnr, msssim=response.msssim)
@@ -275,6 +308,30 @@ class EndpointPool(Generic[C]):
                     f"{failure} (no endpoint answered for {self.outage_s:.0f} s)") from failure
             time.sleep(1.0)
 
+    def long_call(self, what: str, call: Callable[[C], T]) -> T:
+        """first_available for work that takes long (a timing): started again after a loss
+        (WorkLost: its endpoint killed or restarted mid-call) only LONG_CALL_STARTS times in
+        all, so that a job either progresses or fails with the reason, never repeats it
+        forever."""
+        losses: list[str] = []
+
+        def once(client: C) -> T:
+            try:
+                return call(client)
+            except WorkLost as error:
+                losses.append(str(error))
+                log.warning("long call lost", extra={"call": what, "endpoint": client.target,
+                                                     "error": str(error),
+                                                     "starts": len(losses)})
+                if len(losses) >= LONG_CALL_STARTS:
+                    raise errors.Aborted(
+                        f"{what} was lost {len(losses)} times after it had started (its "
+                        f"inference node went away; last: {error}); it is not started again"
+                    ) from error
+                raise
+
+        return self.first_available(once)
+
     def close(self) -> None:
         with self._lock:
             for client in self._clients.values():
@@ -330,18 +387,19 @@ class InferencePool:
             lambda client: self._reloading(client, lambda: client.infer(model, image), model))
 
     def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
-                  measure_memory: bool = False,
-                  abort: threading.Event | None = None) -> DeviceTiming:
-        return self._pool.first_available(lambda client: self._reloading(
-            client, lambda: client.benchmark(model, image, options, measure_memory, abort),
+                  measure_memory: bool = False, abort: threading.Event | None = None,
+                  deadline_s: float | None = None) -> DeviceTiming:
+        return self._pool.long_call("the timing", lambda client: self._reloading(
+            client, lambda: client.benchmark(model, image, options, measure_memory, abort,
+                                             deadline_s),
             model))
 
     def compare(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
-                measure_memory: bool = False,
-                abort: threading.Event | None = None) -> RuntimeComparison:
-        return self._pool.first_available(lambda client: self._reloading(
-            client,
-            lambda: client.compare(model, baseline, image, options, measure_memory, abort),
+                measure_memory: bool = False, abort: threading.Event | None = None,
+                deadline_s: float | None = None) -> RuntimeComparison:
+        return self._pool.long_call("the timing", lambda client: self._reloading(
+            client, lambda: client.compare(model, baseline, image, options, measure_memory,
+                                           abort, deadline_s),
             model, baseline))
 
     def release(self, name: str) -> None:

@@ -62,13 +62,15 @@ class InferenceBackend(Protocol):
     # Unloads the models not in `keep` that no call used for idle_s; returns their names.
     def forget_idle(self, keep: set[str], idle_s: float) -> list[str]: ...
 
+    # A timing takes as long as its models need: `deadline_s` bounds the call (default: the
+    # backend's own per-call deadline).
     def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
-                  measure_memory: bool = False,
-                  abort: threading.Event | None = None) -> DeviceTiming: ...
+                  measure_memory: bool = False, abort: threading.Event | None = None,
+                  deadline_s: float | None = None) -> DeviceTiming: ...
 
     def compare(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
-                measure_memory: bool = False,
-                abort: threading.Event | None = None) -> RuntimeComparison: ...
+                measure_memory: bool = False, abort: threading.Event | None = None,
+                deadline_s: float | None = None) -> RuntimeComparison: ...
 
 
 class MetricsBackend(Protocol):
@@ -161,6 +163,11 @@ class Evaluation:
         self.clock = StageClock()
         self._progress_lock = threading.Lock()
         self.expired = False
+        self._started = time.monotonic()
+
+    def remaining_s(self) -> float:
+        """What is left of the job's time limit: the deadline of its longest calls."""
+        return max(1.0, self.settings.job_timeout_s - (time.monotonic() - self._started))
 
     def expire(self) -> None:
         """The job's time limit: its work stops as if cancelled (the runner then fails it)."""
@@ -249,9 +256,9 @@ class Evaluation:
         if self.settings.timing_mode == "interleaved":
             baseline = self.baselines.load(track)
             return self.inference.compare(model, baseline, image, options, measure_memory=True,
-                                          abort=self.cancelled)
+                                          abort=self.cancelled, deadline_s=self.remaining_s())
         runtime = self.inference.benchmark(model, image, options, measure_memory=True,
-                                           abort=self.cancelled)
+                                           abort=self.cancelled, deadline_s=self.remaining_s())
         base = self.baselines.cached(track, image, runtime.node)
         return RuntimeComparison(
             solution=runtime,

@@ -15,6 +15,7 @@ from services.common.config import MIB, add_channel_flags, add_server_flags, env
 from services.common.errors import InvalidArgument
 from services.common.logs import setup_logging
 from services.common.server import (
+    ConnectionAge,
     RunningServer,
     ServiceBinding,
     serve_until_signalled,
@@ -61,6 +62,7 @@ class ScorerConfig:
     max_message_mb: int = 64
     security: ServerSecurity | None = None  # None: no authentication, loopback only
     backends: ChannelSecurity = field(default_factory=ChannelSecurity)  # to inference, metrics
+    connections: ConnectionAge = field(default_factory=ConnectionAge)
 
 
 def create_server(address: str, config: ScorerConfig, workers: int = 64) -> RunningServer:
@@ -92,7 +94,7 @@ def create_server(address: str, config: ScorerConfig, workers: int = 64) -> Runn
     binding = ServiceBinding(SERVICE_NAME, scorer_pb2_grpc.add_ScorerServiceServicer_to_server,
                              servicer)
     running = create_grpc_server(address, [binding], config.max_message_mb, workers,
-                                 config.security)
+                                 config.security, config.connections)
     running.on_stop.extend([runner.stop, inference.close, metrics.close, store.close])
     running.on_stop.insert(0, telemetry.watch_store(store))  # unwatched before the store closes
     runner.start()
@@ -215,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         data_roots=tuple(args.data_root),
         security=security,
         backends=backend_security(args, security),
+        connections=ConnectionAge.from_args(args),
     )
     stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
     serve_until_signalled(lambda: create_server(f"{args.host}:{args.port}", config, args.workers),
