@@ -255,7 +255,8 @@ def leaderboard_rows(board: scorer_pb2.LeaderboardResponse) -> list[dict[str, An
          "psnr": e.psnr, "msssim": e.msssim, "mos": e.mos if e.HasField("mos") else None,
          "runtime_ms": e.runtime_ms, "baseline_runtime_ms": e.baseline_runtime_ms,
          "device": e.device, "peak_memory_mb": e.peak_memory_mb,
-         "score_a": e.scores.score_a, "score_b": e.scores.score_b, "score_c": e.scores.score_c}
+         "score_a": e.scores.score_a, "score_b": e.scores.score_b, "score_c": e.scores.score_c,
+         "timing_flag": e.timing_flag}
         for e in board.entries
     ]
 
@@ -264,6 +265,17 @@ def json_number(value: float) -> float | str:
     """JSON has no infinity or NaN: identical images (PSNR = inf) are written as the string
     "inf", the scores of a final-phase job waiting for its MOS as "nan"."""
     return value if math.isfinite(value) else str(value)
+
+
+def timing_check_summary(check: common_pb2.TimingCheck) -> dict[str, Any]:
+    """Whether the model appeared to recognise the timing input, and the probes' figures."""
+    return {
+        "checked": check.checked, "passed": check.checked and not check.failure,
+        "failure": check.failure, "timed_ms": check.timed_ms,
+        "consistency_db": json_number(check.consistency_db),
+        "probes": [{"name": p.name, "shape": list(p.shape), "median_ms": p.median_ms,
+                    "expected_ms": p.expected_ms} for p in check.probes],
+    }
 
 
 def job_summary(job: scorer_pb2.Job) -> dict[str, Any]:
@@ -304,6 +316,7 @@ def job_summary(job: scorer_pb2.Job) -> dict[str, Any]:
             awaiting_mos=math.isnan(r.scores.score_a),
             images=r.images,
             stage_seconds=dict(sorted(r.stage_seconds.items())),
+            timing_check=timing_check_summary(r.runtime.check),
         )
     if job.error:
         summary["error"] = job.error

@@ -397,6 +397,12 @@ def leaderboard_table(track: str, by: str, rows: list[dict[str, Any]]) -> str:
             f"{_fmt(r['baseline_runtime_ms'], 8, 1)}  {_fmt(r['score_a'], 8, 2)}  "
             f"{_fmt(r['score_b'], 8, 2)}  {_fmt(r['score_c'], 8, 2)}"
         )
+    flagged = [r for r in rows if r.get("timing_flag")]
+    for r in flagged:
+        lines[3 + rows.index(r)] += "  (!)"
+    if flagged:
+        lines.append("(!) timing not trusted: the model appears to recognise the timing input "
+                     "(pirm status JOB --json shows why)")
     if not rows:
         lines.append("(no finished jobs)")
     return "\n".join(lines)

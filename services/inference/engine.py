@@ -24,11 +24,13 @@ from services.common.errors import (
 from services.common.limits import DEFAULT_MAX_MODEL_BYTES, check_model_size
 from services.inference import telemetry
 from services.inference.graphs import GraphSpec, repository_path
+from services.inference.integrity import TINY_PX
 from services.inference.timing import (
     Comparison,
     DeviceTiming,
     RuntimeComparison,
     Timing,
+    TimingCheck,
     TimingOptions,
 )
 from services.inference.worker import (
@@ -43,6 +45,7 @@ DEVICES = ("cpu", "gpu")
 MIB = 1024 * 1024
 DEFAULT_MEMORY_LIMIT = 3584 * MIB  # the challenge's 3.5 GB on a 1280x720 image
 VET_NICE = 10
+UNCHECKED = TimingCheck()
 
 
 @dataclass(frozen=True)
@@ -280,16 +283,20 @@ class Engine:
     def benchmark(
         self, name: str, image: np.ndarray, options: TimingOptions, device: str = "",
         measure_memory: bool = False, abort: threading.Event | None = None,
+        probes: list[np.ndarray] | None = None,
     ) -> DeviceTiming:
         """Times the model on one input, alone on its device; optionally its peak memory.
-        Setting `abort` stops the measurement (its worker is killed) with Cancelled."""
+        With `probes` (a list, maybe empty: see integrity.py) the timing is also checked for a
+        model that recognises its input. Setting `abort` stops the measurement (its worker is
+        killed) with Cancelled."""
         device = self._device(device)
         image = _as_model_input(image)
+        probes = _as_probes(probes)
         with self._alone_on(device):
-            timing: Timing = self._worker(device).call("benchmark", name, image, options,
-                                                       models=self._sources_of(name),
-                                                       abort=abort)
-            measured = self._device_timing(timing, device, image)
+            timing, check = self._worker(device).call("benchmark", name, image, options, probes,
+                                                      models=self._sources_of(name),
+                                                      abort=abort)
+            measured = self._device_timing(timing, device, image, check)
             if measure_memory:
                 measured = replace(measured, peak_memory_mb=self._peak_memory_mb(
                     name, image, device, abort))
@@ -308,16 +315,19 @@ class Engine:
     def compare(
         self, name: str, baseline: str, image: np.ndarray, options: TimingOptions,
         device: str = "", measure_memory: bool = False, abort: threading.Event | None = None,
+        probes: list[np.ndarray] | None = None,
     ) -> RuntimeComparison:
-        """Times the model and the baseline interleaved on the same worker and settings."""
+        """Times the model and the baseline interleaved on the same worker and settings;
+        `probes` as in benchmark."""
         device = self._device(device)
         image = _as_model_input(image)
+        probes = _as_probes(probes)
         with self._alone_on(device):
             result: Comparison = self._worker(device).call(
-                "compare", name, baseline, image, options,
+                "compare", name, baseline, image, options, probes,
                 models=self._sources_of(name, baseline), abort=abort,
             )
-            solution = self._device_timing(result.solution, device, image)
+            solution = self._device_timing(result.solution, device, image, result.check)
             if measure_memory:
                 solution = replace(solution, peak_memory_mb=self._peak_memory_mb(
                     name, image, device, abort))
@@ -362,7 +372,8 @@ class Engine:
             )
         return peak / MIB
 
-    def _device_timing(self, timing: Timing, device: str, image: np.ndarray) -> DeviceTiming:
+    def _device_timing(self, timing: Timing, device: str, image: np.ndarray,
+                       check: TimingCheck = UNCHECKED) -> DeviceTiming:
         return DeviceTiming(
             timing=timing,
             device=device,
@@ -370,6 +381,7 @@ class Engine:
             inter_op_threads=self.settings.inter_op_threads,
             node=self.settings.node,
             input_shape=tuple(image.shape),
+            check=check,
         )
 
     def _sources_of(self, *names: str) -> tuple[ModelSource, ...]:
@@ -409,6 +421,16 @@ class Engine:
                     self._unavailable[device] = str(error)
                 raise
         return device
+
+
+def _as_probes(probes: list[np.ndarray] | None) -> list[np.ndarray] | None:
+    """The timing check's images; each at least a tiny probe's size (integrity.TINY_PX)."""
+    if probes is None:
+        return None
+    checked = [_as_model_input(probe) for probe in probes]
+    if any(min(probe.shape[1:3]) < TINY_PX for probe in checked):
+        raise InvalidArgument(f"a timing probe must be at least {TINY_PX}x{TINY_PX} px")
+    return checked
 
 
 def _as_model_input(image: np.ndarray) -> np.ndarray:

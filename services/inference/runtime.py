@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,9 +22,11 @@ from services.common.errors import (  # noqa: E402
 )
 from services.common.tensors import as_unit_float32  # noqa: E402
 from services.inference.graphs import GraphSpec, parse_graph  # noqa: E402
+from services.inference.integrity import check_timing_input, checked_output  # noqa: E402
 from services.inference.timing import (  # noqa: E402
     Comparison,
     Timing,
+    TimingCheck,
     TimingOptions,
     measure,
     measure_interleaved,
@@ -124,21 +127,31 @@ class ModelRuntime:
         output = model.run(image)
         return output, (time.perf_counter_ns() - start) / 1e6
 
-    def benchmark(self, name: str, image: np.ndarray, options: TimingOptions) -> Timing:
+    def benchmark(self, name: str, image: np.ndarray, options: TimingOptions,
+                  probes: list[np.ndarray] | None = None) -> tuple[Timing, TimingCheck]:
+        """The model's timing; with `probes` (a list, maybe empty), also the check that the
+        timing input is not special to it (integrity.py)."""
         model, image = self._model(name), as_unit_float32(image)
-        return measure(lambda: model.run(image), options)
+        last = _LastOutput(model)
+        timing = measure(lambda: last.run(image), options)
+        return timing, last.check(image, timing.median_ms, probes)
 
     def benchmark_pirm2018(self, name: str, images: list[np.ndarray]) -> Timing:
         model = self._model(name)
         images = [as_unit_float32(image) for image in images]
         return measure_pirm2018(lambda index: model.run(images[index]), len(images))
 
-    def compare(self, name: str, baseline: str, image: np.ndarray,
-                options: TimingOptions) -> Comparison:
-        """Times the model and the baseline in alternation (A B A B ...) so drift cancels."""
+    def compare(self, name: str, baseline: str, image: np.ndarray, options: TimingOptions,
+                probes: list[np.ndarray] | None = None) -> Comparison:
+        """Times the model and the baseline in alternation (A B A B ...) so drift cancels;
+        `probes` as in benchmark."""
         model, base = self._model(name), self._model(baseline)
         image = as_unit_float32(image)
-        return measure_interleaved(lambda: model.run(image), lambda: base.run(image), options)
+        last = _LastOutput(model)
+        comparison = measure_interleaved(lambda: last.run(image), lambda: base.run(image),
+                                         options)
+        return replace(comparison, check=last.check(image, comparison.solution.median_ms,
+                                                    probes))
 
     def gpu_peak_bytes(self) -> int:
         """TensorFlow's own peak allocation on the GPU since this process started."""
@@ -149,6 +162,30 @@ class ModelRuntime:
         if model is None:
             raise NotFound(f"no model named {name!r} is loaded; call LoadModel first")
         return model
+
+
+class _LastOutput:
+    """Runs a model keeping its last output, which is checked like a quality output once the
+    timing is done (outside every timer): a graph has no state or randomness, so every run
+    returns the same."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self.output: np.ndarray | None = None
+
+    def run(self, image: np.ndarray) -> np.ndarray:
+        self.output = self.model.run(image)
+        return self.output
+
+    def check(self, image: np.ndarray, timed_ms: float,
+              probes: list[np.ndarray] | None) -> TimingCheck:
+        assert self.output is not None
+        checked_output(self.output, image, "the timing input")
+        if probes is None:
+            return TimingCheck()
+        # Probes become float32 before any timer, as the timing input did.
+        others = [as_unit_float32(probe) for probe in probes]
+        return check_timing_input(self.model.run, image, self.output, timed_ms, others)
 
 
 def resident_bytes() -> int:

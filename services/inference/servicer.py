@@ -95,12 +95,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         # The callback also runs after a normal end, when it no longer matters.
         abort = threading.Event()
         context.add_callback(abort.set)
+        probes = ([from_tensor(probe, "probe") for probe in request.probes]
+                  if request.check_timing_input else None)
         if not request.baseline_model:
             measured = self.engine.benchmark(request.model, image, options, device,
-                                             request.measure_memory, abort)
+                                             request.measure_memory, abort, probes)
             return inference_pb2.BenchmarkResponse(timing=timing_to_proto(measured))
         result = self.engine.compare(request.model, request.baseline_model, image, options,
-                                     device, request.measure_memory, abort)
+                                     device, request.measure_memory, abort, probes)
         return inference_pb2.BenchmarkResponse(
             timing=timing_to_proto(result.solution),
             baseline_timing=timing_to_proto(result.baseline),

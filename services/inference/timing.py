@@ -55,6 +55,33 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class TimingProbe:
+    """The model timed on an input the timer never sees, and what that predicts for the
+    timing input (integrity.py)."""
+
+    name: str
+    shape: tuple[int, ...]
+    median_ms: float
+    expected_ms: float  # the timing input's cost this probe predicts
+
+
+@dataclass(frozen=True)
+class TimingCheck:
+    """Whether the model treats the timing input as special (integrity.py)."""
+
+    checked: bool = False
+    failure: str = ""  # empty: nothing suggests the model recognises the timing input
+    timed_ms: float = 0.0  # the timing input's median the probes were compared with
+    probes: tuple[TimingProbe, ...] = ()
+    # PSNR between the outputs on the timing input and on the same pixels shifted (interior).
+    consistency_db: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.checked and not self.failure
+
+
+@dataclass(frozen=True)
 class DeviceTiming:
     """A Timing with where and how it was measured."""
 
@@ -65,6 +92,7 @@ class DeviceTiming:
     node: str
     input_shape: tuple[int, ...]
     peak_memory_mb: float = 0.0  # 0: not measured
+    check: TimingCheck = TimingCheck()  # of a submission's timing; unchecked for baselines
 
 
 @dataclass(frozen=True)
@@ -77,6 +105,7 @@ class Comparison:
     speed_ratio: float
     ratio_ci95_low: float
     ratio_ci95_high: float
+    check: TimingCheck = TimingCheck()  # of the solution's timing
 
 
 # Warm-up goes on while the latest run is still this much faster than every run before it.

@@ -131,16 +131,18 @@ class InferenceClient:
 
     def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
                   measure_memory: bool = False, abort: threading.Event | None = None,
-                  deadline_s: float | None = None) -> DeviceTiming:
+                  deadline_s: float | None = None,
+                  probes: list[np.ndarray] | None = None) -> DeviceTiming:
         response = self._benchmark(model, "", image, options, measure_memory, abort,
-                                   deadline_s)
+                                   deadline_s, probes)
         return timing_from_proto(response.timing)
 
     def compare(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
                 measure_memory: bool = False, abort: threading.Event | None = None,
-                deadline_s: float | None = None) -> RuntimeComparison:
+                deadline_s: float | None = None,
+                probes: list[np.ndarray] | None = None) -> RuntimeComparison:
         response = self._benchmark(model, baseline, image, options, measure_memory, abort,
-                                   deadline_s)
+                                   deadline_s, probes)
         return RuntimeComparison(
             solution=timing_from_proto(response.timing),
             baseline=timing_from_proto(response.baseline_timing),
@@ -151,7 +153,8 @@ class InferenceClient:
 
     def _benchmark(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
                    measure_memory: bool, abort: threading.Event | None,
-                   deadline_s: float | None) -> inference_pb2.BenchmarkResponse:
+                   deadline_s: float | None, probes: list[np.ndarray] | None
+                   ) -> inference_pb2.BenchmarkResponse:
         """A timing lasts as long as its model needs (minutes for a slow one): its deadline is
         the caller's `deadline_s` (a job's remaining time), not the calls' fixed one; and it
         is not retried here (EndpointPool.long_call decides)."""
@@ -165,6 +168,8 @@ class InferenceClient:
                 min_seconds=options.min_seconds, max_runs=options.max_runs,
             ),
             measure_memory=measure_memory,
+            check_timing_input=probes is not None,
+            probes=[to_tensor(probe) for probe in probes or ()],
         )
         timeout = self._deadline if deadline_s is None else deadline_s
 
@@ -388,18 +393,20 @@ class InferencePool:
 
     def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
                   measure_memory: bool = False, abort: threading.Event | None = None,
-                  deadline_s: float | None = None) -> DeviceTiming:
+                  deadline_s: float | None = None,
+                  probes: list[np.ndarray] | None = None) -> DeviceTiming:
         return self._pool.long_call("the timing", lambda client: self._reloading(
             client, lambda: client.benchmark(model, image, options, measure_memory, abort,
-                                             deadline_s),
+                                             deadline_s, probes),
             model))
 
     def compare(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
                 measure_memory: bool = False, abort: threading.Event | None = None,
-                deadline_s: float | None = None) -> RuntimeComparison:
+                deadline_s: float | None = None,
+                probes: list[np.ndarray] | None = None) -> RuntimeComparison:
         return self._pool.long_call("the timing", lambda client: self._reloading(
             client, lambda: client.compare(model, baseline, image, options, measure_memory,
-                                           abort, deadline_s),
+                                           abort, deadline_s, probes),
             model, baseline))
 
     def release(self, name: str) -> None:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from services.common.errors import Cancelled, FailedPrecondition
+from services.common.errors import Cancelled, FailedPrecondition, InvalidArgument
 from services.inference.timing import DeviceTiming, RuntimeComparison, TimingOptions
 from services.metrics.quality import PairQuality, QualityOptions
 from services.scorer.jobs import Job, JobResult, JobSpec
@@ -28,6 +28,7 @@ from services.scorer.protocol import (
     prepare_quality_pixels,
     quality_items,
     timing_input,
+    timing_probes,
 )
 from services.scorer.scoring import (
     KAPPA,
@@ -63,14 +64,17 @@ class InferenceBackend(Protocol):
     def forget_idle(self, keep: set[str], idle_s: float) -> list[str]: ...
 
     # A timing takes as long as its models need: `deadline_s` bounds the call (default: the
-    # backend's own per-call deadline).
+    # backend's own per-call deadline). With `probes` (a list, maybe empty) the timing is
+    # checked for a model that recognises the timing input (services/inference/integrity.py).
     def benchmark(self, model: str, image: np.ndarray, options: TimingOptions,
                   measure_memory: bool = False, abort: threading.Event | None = None,
-                  deadline_s: float | None = None) -> DeviceTiming: ...
+                  deadline_s: float | None = None,
+                  probes: list[np.ndarray] | None = None) -> DeviceTiming: ...
 
     def compare(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
                 measure_memory: bool = False, abort: threading.Event | None = None,
-                deadline_s: float | None = None) -> RuntimeComparison: ...
+                deadline_s: float | None = None,
+                probes: list[np.ndarray] | None = None) -> RuntimeComparison: ...
 
 
 class MetricsBackend(Protocol):
@@ -105,6 +109,9 @@ class EvaluationSettings:
     # used it for this long (its statistics and Prometheus series stay that long for
     # dashboards and reports' crops); a long challenge would otherwise keep every submission.
     model_idle_s: float = 600.0
+    # A model whose timing is not trusted (it appears to recognise the timing input): its job
+    # fails ("fail"), or succeeds flagged on the leaderboard ("flag"), the organisers' choice.
+    timing_check: str = "fail"
 
 
 def baseline_name(track: Track) -> str:
@@ -251,23 +258,36 @@ class Evaluation:
         """The model's runtime and peak memory on the HD image, and the baseline's runtime on
         the same node, device and thread settings."""
         image = timing_input(self.spec.track, dataset)
+        probes = timing_probes(self.spec.track, dataset, image.shape)
         self.check()
         track, options = self.spec.track, self.settings.timing
         if self.settings.timing_mode == "interleaved":
             baseline = self.baselines.load(track)
-            return self.inference.compare(model, baseline, image, options, measure_memory=True,
-                                          abort=self.cancelled, deadline_s=self.remaining_s())
+            return self._trusted(self.inference.compare(
+                model, baseline, image, options, measure_memory=True, abort=self.cancelled,
+                deadline_s=self.remaining_s(), probes=probes))
         runtime = self.inference.benchmark(model, image, options, measure_memory=True,
-                                           abort=self.cancelled, deadline_s=self.remaining_s())
+                                           abort=self.cancelled, deadline_s=self.remaining_s(),
+                                           probes=probes)
         base = self.baselines.cached(track, image, runtime.node)
-        return RuntimeComparison(
+        return self._trusted(RuntimeComparison(
             solution=runtime,
             baseline=base,
             speed_ratio=base.timing.median_ms / runtime.timing.median_ms,
             # Independent measurements: the ratio of the two medians' intervals bounds it.
             ratio_ci95_low=base.timing.ci95_low_ms / runtime.timing.ci95_high_ms,
             ratio_ci95_high=base.timing.ci95_high_ms / runtime.timing.ci95_low_ms,
-        )
+        ))
+
+    def _trusted(self, comparison: RuntimeComparison) -> RuntimeComparison:
+        """The comparison, unless the model's timing check failed and such jobs fail."""
+        failure = comparison.solution.check.failure
+        if failure:
+            log.warning("timing not trusted", extra={"job_id": self.job.job_id,
+                                                     "reason": failure})
+            if self.settings.timing_check == "fail":
+                raise InvalidArgument(f"the timing check failed: {failure}")
+        return comparison
 
     def _result(self, comparison: RuntimeComparison, images: int, timing_s: float) -> JobResult:
         runtime, baseline = comparison.solution, comparison.baseline

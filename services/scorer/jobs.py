@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from services.inference.timing import DeviceTiming, Timing
+from services.inference.timing import DeviceTiming, Timing, TimingCheck, TimingProbe
 from services.scorer.scoring import Phase, ScoreConstants, Scores, Track
 
 # The progress stage of a sharded job until every image has been reported.
@@ -86,9 +86,17 @@ class JobResult:
     def from_json(text: str) -> JobResult:
         raw = json.loads(text)
 
+        def check(d: dict[str, Any] | None) -> TimingCheck:
+            if d is None:  # a result stored before timing checks existed
+                return TimingCheck()
+            probes = tuple(TimingProbe(**{**p, "shape": tuple(p["shape"])})
+                           for p in d["probes"])
+            return TimingCheck(**{**d, "probes": probes})
+
         def timing(d: dict[str, Any]) -> DeviceTiming:
             return DeviceTiming(**{**d, "timing": Timing(**d["timing"]),
-                                   "input_shape": tuple(d["input_shape"])})
+                                   "input_shape": tuple(d["input_shape"]),
+                                   "check": check(d.get("check"))})
 
         return JobResult(
             **{**raw, "runtime": timing(raw["runtime"]),

@@ -8,8 +8,10 @@ A dataset folder has the challenge repository's layout:
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +125,42 @@ def timing_input(track: Track, dataset: Path) -> np.ndarray:
     if track is Track.A:
         image = downscaled_upscaled(crop_to_scale(image))
     return to_model_input(image)
+
+
+def timing_probes(track: Track, dataset: Path, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Model inputs (uint8 [1, H, W, 3]) that the timing check runs the model on besides the
+    timing input (services/inference/integrity.py): mosaics of the quality images, one of the
+    timing input's size and one of a quarter of it, so that a model that recognises the timing
+    input (public: it is the challenge's HD image) finds neither. In track A the mosaic is the
+    bicubic x4 round trip of the targets, as the model's inputs are."""
+    items = quality_items(track, dataset)
+    height, width = shape[1], shape[2]
+    sizes = [(height, width), (height // 2 // SCALE * SCALE, width // 2 // SCALE * SCALE)]
+    probes = []
+    for start, (h, w) in enumerate(sizes):
+        # The quarter starts from the next image, so that the two probes differ.
+        order = items[start % len(items):] + items[:start % len(items)]
+        canvas = _mosaic((read_rgb(i.target if track is Track.A else i.source or i.target)
+                          for i in order), h, w)
+        probes.append((downscaled_upscaled(canvas) if track is Track.A else canvas)[np.newaxis])
+    return probes
+
+
+def _mosaic(images: Iterator[np.ndarray], height: int, width: int) -> np.ndarray:
+    """A height x width canvas filled row by row with the images (each cropped to the room
+    left), the images taken again from the first when they run out."""
+    canvas = np.zeros((height, width, 3), np.uint8)
+    turn = itertools.cycle(images)  # reads only the images it uses
+    y = 0
+    while y < height:
+        x, row = 0, 0
+        while x < width:
+            tile = next(turn)[:height - y, :width - x]
+            canvas[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
+            x += tile.shape[1]
+            row = max(row, tile.shape[0])
+        y += row
+    return canvas
 
 
 def timing_input_shape(track: Track, size: tuple[int, int]) -> tuple[int, int, int, int]:

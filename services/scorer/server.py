@@ -56,6 +56,7 @@ class ScorerConfig:
     model_idle_s: float = EvaluationSettings.model_idle_s
     data_roots: tuple[Path, ...] = ()  # datasets must lie inside one; () = anywhere
     timing_mode: str = "interleaved"
+    timing_check: str = "fail"
     kappa: float = KAPPA
     mos_ref: dict[Track, float] = field(default_factory=dict)
     max_model_bytes: int = 100 * MIB
@@ -80,6 +81,7 @@ def create_server(address: str, config: ScorerConfig, workers: int = 64) -> Runn
         timing=config.timing,
         baseline_max_age_s=config.baseline_max_age_s,
         timing_mode=config.timing_mode,
+        timing_check=config.timing_check,
         kappa=config.kappa,
         mos_ref=config.mos_ref,
         metrics_in_flight=config.metrics_in_flight,
@@ -152,6 +154,11 @@ def main(argv: list[str] | None = None) -> None:
                         default=env("PIRM_TIMING_MODE", "interleaved"),
                         help="time model and baseline alternately in every job, or reuse a "
                              "cached baseline figure (env PIRM_TIMING_MODE)")
+    parser.add_argument("--timing-check", choices=["fail", "flag"],
+                        default=env("PIRM_TIMING_CHECK", "fail"),
+                        help="a model that appears to recognise the timing input (its timing "
+                             "is not trusted): fail its job, or score it and flag it on the "
+                             "leaderboard (env PIRM_TIMING_CHECK)")
     parser.add_argument("--baseline-max-age-s", type=float,
                         default=env("PIRM_BASELINE_MAX_AGE_S", 3600.0, float),
                         help="re-time the baseline when its figure is older (env "
@@ -202,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
                              args.timing_min_seconds, args.timing_max_runs).validated(),
         baseline_max_age_s=args.baseline_max_age_s,
         timing_mode=args.timing_mode,
+        timing_check=args.timing_check,
         concurrency=args.concurrency,
         metrics_in_flight=args.metrics_in_flight,
         job_timeout_s=args.job_timeout_s,

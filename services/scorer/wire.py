@@ -109,4 +109,5 @@ def leaderboard_entry_message(entry: Entry) -> scorer_pb2.LeaderboardEntry:
         baseline_runtime_ms=result.baseline_runtime.timing.median_ms,
         scores=scores_message(result.scores), device=result.runtime.device,
         peak_memory_mb=result.runtime.peak_memory_mb,
+        timing_flag=result.runtime.check.failure,
     )
