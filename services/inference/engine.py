@@ -23,7 +23,7 @@ from services.common.errors import (
 )
 from services.common.limits import DEFAULT_MAX_MODEL_BYTES, check_model_size
 from services.inference import telemetry
-from services.inference.graphs import GraphSpec, repository_path
+from services.inference.graphs import DEFAULT_MAX_GRAPH_NODES, GraphSpec, repository_path
 from services.inference.timing import (
     Comparison,
     DeviceTiming,
@@ -50,6 +50,7 @@ class EngineSettings:
     inter_op_threads: int = 1
     default_device: str = "cpu"
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    max_graph_nodes: int = DEFAULT_MAX_GRAPH_NODES
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT
     # What a worker (all its loaded models, any input) may allocate: 0 = four times the model
     # memory limit, room for quality images larger than HD.
@@ -142,7 +143,7 @@ class Engine:
         check_model_size(len(data), self.settings.max_model_bytes)
         worker = self._worker(self.settings.default_device)
         source = ModelSource(name, data, input_tensor, output_tensor,
-                             self.settings.max_model_bytes)
+                             self.settings.max_model_bytes, self.settings.max_graph_nodes)
         with self._lock:
             if self._sources.get(name) == source:  # the scorer loads at submission and per job
                 return self._specs[name]

@@ -87,8 +87,9 @@ class ModelRuntime:
         return self.device
 
     def load(self, name: str, data: bytes, input_tensor: str, output_tensor: str,
-             max_bytes: int) -> GraphSpec:
-        graph_def, spec = parse_graph(name, data, input_tensor, output_tensor, max_bytes)
+             max_bytes: int, max_nodes: int) -> GraphSpec:
+        graph_def, spec = parse_graph(name, data, input_tensor, output_tensor, max_bytes,
+                                      max_nodes)
         existing = self.models.get(name)
         if existing is not None and existing.spec == spec:
             return spec

@@ -42,9 +42,11 @@ class ModelSource:
     input_tensor: str
     output_tensor: str
     max_bytes: int
+    max_nodes: int
 
     def load_args(self) -> tuple[Any, ...]:
-        return (self.name, self.data, self.input_tensor, self.output_tensor, self.max_bytes)
+        return (self.name, self.data, self.input_tensor, self.output_tensor, self.max_bytes,
+                self.max_nodes)
 
 
 @dataclass(frozen=True)
