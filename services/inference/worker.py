@@ -125,6 +125,7 @@ class Worker:
         self.loaded: set[str] = set()  # model names loaded in the current process
         self._lock = threading.Lock()
         self._process: Any = None
+        self._started = False  # a process was started before: the next start is a restart
         self._conn: Connection | None = None
         self._tensors = ServerTensors()
 
@@ -179,9 +180,10 @@ class Worker:
         return value
 
     def _start(self) -> None:
-        if self._process is not None:
+        if self._started:
             self.restarts += 1
             telemetry.worker_restarted(self.settings.device)
+        self._started = True
         parent, child = _CONTEXT.Pipe()
         self._process = _CONTEXT.Process(
             target=_serve, args=(child, self.settings), daemon=True,
