@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,11 +31,15 @@ from services.inference.timing import (  # noqa: E402
     measure_pirm2018,
 )
 
+if TYPE_CHECKING:
+    from services.inference.worker import RunClock
+
 
 class LoadedModel:
     def __init__(self, spec: GraphSpec, graph_def: tf.compat.v1.GraphDef, device: str,
-                 config: tf.compat.v1.ConfigProto) -> None:
+                 config: tf.compat.v1.ConfigProto, clock: RunClock | None = None) -> None:
         self.spec = spec
+        self.clock = clock  # tells the server how long the current run has lasted
         graph = tf.Graph()
         with graph.as_default(), tf.device(f"/{device.upper()}:0"):
             try:
@@ -46,6 +51,8 @@ class LoadedModel:
         self.session = tf.compat.v1.Session(graph=graph, config=config)
 
     def run(self, image: np.ndarray) -> np.ndarray:
+        if self.clock is not None:
+            self.clock.started(self.spec.name, image.shape)
         try:
             output = self.session.run(self.spec.output_tensor, {self.spec.input_tensor: image})
         except tf.errors.ResourceExhaustedError as error:
@@ -58,6 +65,9 @@ class LoadedModel:
                 f"model {self.spec.name!r} failed on an input of shape {image.shape}: "
                 f"{_error_summary(error)}"
             ) from error
+        finally:
+            if self.clock is not None:
+                self.clock.stopped()
         output = np.asarray(output)
         if output.shape != image.shape:
             raise InvalidArgument(
@@ -70,7 +80,8 @@ class LoadedModel:
 class ModelRuntime:
     """The models of one worker process, all on one device."""
 
-    def __init__(self, device: str, intra_op_threads: int, inter_op_threads: int) -> None:
+    def __init__(self, device: str, intra_op_threads: int, inter_op_threads: int,
+                 clock: RunClock | None = None) -> None:
         if device == "gpu" and not tf.config.list_physical_devices("GPU"):
             raise FailedPrecondition(
                 "this inference node has no GPU; run the request on a GPU node or use device cpu"
@@ -82,6 +93,7 @@ class ModelRuntime:
             allow_soft_placement=False,
         )
         self.models: dict[str, LoadedModel] = {}
+        self.clock = clock
 
     def ping(self) -> str:
         return self.device
@@ -93,7 +105,7 @@ class ModelRuntime:
         existing = self.models.get(name)
         if existing is not None and existing.spec == spec:
             return spec
-        self.models[name] = LoadedModel(spec, graph_def, self.device, self.config)
+        self.models[name] = LoadedModel(spec, graph_def, self.device, self.config, self.clock)
         if existing is not None:
             existing.session.close()
         return spec
