@@ -180,13 +180,15 @@ def peak_resident_bytes() -> int:
 def _error_summary(error: tf.errors.OpError) -> str:
     """What went wrong, from TensorFlow's message without its Python stack traces: the
     failing node and the error itself (its first line alone is often just "Graph execution
-    error:")."""
+    error:"). Also left out: the node again in brackets, and the hint to debug an OOM with
+    RunOptions, which a team submitting a file cannot act on."""
     kept = []
     for line in str(error.message).splitlines():
         text = line.strip()
         if text.startswith("Original stack trace"):
             break
-        if (not text or text.startswith(("File ", "Graph execution error", "Detected at node"))
+        if (not text or text.startswith(("File ", "Graph execution error", "Detected at node",
+                                         "[[", "Hint:"))
                 or text.endswith("(most recent call last):")):
             continue
         kept.append(text)
