@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 DEFAULT_INPUT = "input:0"
 DEFAULT_OUTPUT = "output:0"
+# The challenge's models have tens to hundreds of nodes (SRCNN 27, VDSR 136, the DPED ResNet
+# 190: tests/unit/test_graphs.py). Measured with TensorFlow 2.21: importing a 50,000-node chain
+# takes 15-30 s at every worker (re)start, and a 100,000-node one crashes the worker (SIGSEGV)
+# at every run.
+DEFAULT_MAX_GRAPH_NODES = 10_000
 
 # Pure numerical ops: no file, network, Python or stateful resource access.
 ALLOWED_OPS = frozenset(
@@ -69,11 +74,15 @@ def parse_graph(
     input_tensor: str = "",
     output_tensor: str = "",
     max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    max_nodes: int = DEFAULT_MAX_GRAPH_NODES,
 ) -> tuple[graph_pb2.GraphDef, GraphSpec]:
     """Parses and vets a serialized GraphDef; raises InvalidArgument saying what is wrong."""
     if not name:
         raise InvalidArgument("a model needs a name")
     graph_def = decode_graph(data, max_bytes)
+    too_large = node_count_problems(graph_def, max_nodes)
+    if too_large:
+        raise InvalidArgument(too_large[0])
     check_ops(graph_def)
     input_tensor = input_tensor or DEFAULT_INPUT
     output_tensor = output_tensor or DEFAULT_OUTPUT
@@ -90,6 +99,16 @@ def parse_graph(
         ops=tuple(sorted({node.op for node in graph_def.node})),
     )
     return graph_def, spec
+
+
+def node_count_problems(graph_def: graph_pb2.GraphDef, max_nodes: int) -> list[str]:
+    """Why the graph has too many nodes to be run here, if it has."""
+    count = len(graph_def.node)
+    if count <= max_nodes:
+        return []
+    return [f"model has {count:,} nodes; the limit is {max_nodes:,} (the inference service's "
+            "--max-graph-nodes, env PIRM_MAX_GRAPH_NODES). The challenge's models have tens to "
+            "hundreds of nodes: submit a smaller graph"]
 
 
 def missing_tensors(graph_def: graph_pb2.GraphDef, input_tensor: str,

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 from services.common.errors import InvalidArgument
 from services.inference.graphs import (
     DEFAULT_INPUT,
+    DEFAULT_MAX_GRAPH_NODES,
     DEFAULT_OUTPUT,
     decode_graph,
     missing_tensors,
+    node_count_problems,
     refused_ops,
 )
 
@@ -92,12 +94,15 @@ class Inspection:
 
 
 def inspect_graph(data: bytes, input_size: tuple[int, int], input_tensor: str = DEFAULT_INPUT,
-                  output_tensor: str = DEFAULT_OUTPUT) -> Inspection:
+                  output_tensor: str = DEFAULT_OUTPUT,
+                  max_nodes: int = DEFAULT_MAX_GRAPH_NODES) -> Inspection:
     """Inspects a serialized frozen graph for an input of `input_size` (width, height);
-    InvalidArgument when `data` is not a GraphDef at all."""
+    InvalidArgument when `data` is not a GraphDef at all. A graph over `max_nodes` is not
+    imported (the service refuses it, and importing one that large is slow)."""
     graph_def = decode_graph(data)
     refused = tuple(refused_ops(graph_def))
-    problems = missing_tensors(graph_def, input_tensor, output_tensor)
+    problems = [*node_count_problems(graph_def, max_nodes),
+                *missing_tensors(graph_def, input_tensor, output_tensor)]
     params, tensors, constants = count_parameters(graph_def)
     flops: int | None = None
     by_op: dict[str, int] = {}

@@ -8,6 +8,7 @@ import os
 import resource
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,11 +34,15 @@ from services.inference.timing import (  # noqa: E402
     measure_pirm2018,
 )
 
+if TYPE_CHECKING:
+    from services.inference.worker import RunClock
+
 
 class LoadedModel:
     def __init__(self, spec: GraphSpec, graph_def: tf.compat.v1.GraphDef, device: str,
-                 config: tf.compat.v1.ConfigProto) -> None:
+                 config: tf.compat.v1.ConfigProto, clock: RunClock | None = None) -> None:
         self.spec = spec
+        self.clock = clock  # tells the server how long the current run has lasted
         self.session = tf.compat.v1.Session(graph=self.import_graph(spec, graph_def, device),
                                             config=config)
 
@@ -54,6 +59,8 @@ class LoadedModel:
         return graph
 
     def run(self, image: np.ndarray) -> np.ndarray:
+        if self.clock is not None:
+            self.clock.started(self.spec.name, image.shape)
         try:
             output = self.session.run(self.spec.output_tensor, {self.spec.input_tensor: image})
         except tf.errors.ResourceExhaustedError as error:
@@ -66,6 +73,9 @@ class LoadedModel:
                 f"model {self.spec.name!r} failed on an input of shape {image.shape}: "
                 f"{_error_summary(error)}"
             ) from error
+        finally:
+            if self.clock is not None:
+                self.clock.stopped()
         output = np.asarray(output)
         if output.shape != image.shape:
             raise InvalidArgument(
@@ -78,7 +88,8 @@ class LoadedModel:
 class ModelRuntime:
     """The models of one worker process, all on one device."""
 
-    def __init__(self, device: str, intra_op_threads: int, inter_op_threads: int) -> None:
+    def __init__(self, device: str, intra_op_threads: int, inter_op_threads: int,
+                 clock: RunClock | None = None) -> None:
         if device == "gpu" and not tf.config.list_physical_devices("GPU"):
             raise FailedPrecondition(
                 "this inference node has no GPU; run the request on a GPU node or use device cpu"
@@ -90,26 +101,29 @@ class ModelRuntime:
             allow_soft_placement=False,
         )
         self.models: dict[str, LoadedModel] = {}
+        self.clock = clock
 
     def ping(self) -> str:
         return self.device
 
     def load(self, name: str, data: bytes, input_tensor: str, output_tensor: str,
-             max_bytes: int) -> GraphSpec:
-        graph_def, spec = parse_graph(name, data, input_tensor, output_tensor, max_bytes)
+             max_bytes: int, max_nodes: int) -> GraphSpec:
+        graph_def, spec = parse_graph(name, data, input_tensor, output_tensor, max_bytes,
+                                      max_nodes)
         existing = self.models.get(name)
         if existing is not None and existing.spec == spec:
             return spec
-        self.models[name] = LoadedModel(spec, graph_def, self.device, self.config)
+        self.models[name] = LoadedModel(spec, graph_def, self.device, self.config, self.clock)
         if existing is not None:
             existing.session.close()
         return spec
 
     def vet(self, name: str, data: bytes, input_tensor: str, output_tensor: str,
-            max_bytes: int) -> GraphSpec:
+            max_bytes: int, max_nodes: int) -> GraphSpec:
         """What loading checks (the allowlist, the tensors, TensorFlow's import of the graph),
         without a session: the submission is refused or accepted, nothing is kept."""
-        graph_def, spec = parse_graph(name, data, input_tensor, output_tensor, max_bytes)
+        graph_def, spec = parse_graph(name, data, input_tensor, output_tensor, max_bytes,
+                                      max_nodes)
         LoadedModel.import_graph(spec, graph_def, self.device)
         return spec
 
@@ -217,13 +231,15 @@ def peak_resident_bytes() -> int:
 def _error_summary(error: tf.errors.OpError) -> str:
     """What went wrong, from TensorFlow's message without its Python stack traces: the
     failing node and the error itself (its first line alone is often just "Graph execution
-    error:")."""
+    error:"). Also left out: the node again in brackets, and the hint to debug an OOM with
+    RunOptions, which a team submitting a file cannot act on."""
     kept = []
     for line in str(error.message).splitlines():
         text = line.strip()
         if text.startswith("Original stack trace"):
             break
-        if (not text or text.startswith(("File ", "Graph execution error", "Detected at node"))
+        if (not text or text.startswith(("File ", "Graph execution error", "Detected at node",
+                                         "[[", "Hint:"))
                 or text.endswith("(most recent call last):")):
             continue
         kept.append(text)

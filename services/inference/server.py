@@ -26,7 +26,8 @@ from services.common.server import (
 from services.common.telemetry import start_metrics_endpoint
 from services.common.transport import ServerSecurity
 from services.inference import telemetry
-from services.inference.engine import Engine, EngineSettings
+from services.inference.engine import DEFAULT_MAX_RUN_S, Engine, EngineSettings
+from services.inference.graphs import DEFAULT_MAX_GRAPH_NODES
 from services.inference.open_inference import OpenInferenceServicer
 from services.inference.servicer import InferenceServicer
 
@@ -84,6 +85,11 @@ def main(argv: list[str] | None = None) -> None:
         help="largest model file accepted, in MiB (env PIRM_MAX_MODEL_MB)",
     )
     parser.add_argument(
+        "--max-graph-nodes", type=int,
+        default=env_default("PIRM_MAX_GRAPH_NODES", DEFAULT_MAX_GRAPH_NODES, int),
+        help="most nodes a model's graph may have (env PIRM_MAX_GRAPH_NODES)",
+    )
+    parser.add_argument(
         "--memory-limit-mb", type=int, default=env_default("PIRM_MEMORY_LIMIT_MB", 3584, int),
         help="peak memory a model may use on an HD image, in MiB (env PIRM_MEMORY_LIMIT_MB)",
     )
@@ -93,6 +99,11 @@ def main(argv: list[str] | None = None) -> None:
         help="memory a TensorFlow worker may add for its models and inputs, in MiB; beyond it "
              "an allocation fails (default: 4x --memory-limit-mb; env PIRM_WORKER_MEMORY_LIMIT_MB)",
     )
+    parser.add_argument(
+        "--max-run-s", type=float, default=env_default("PIRM_MAX_RUN_S", DEFAULT_MAX_RUN_S, float),
+        help="seconds one run of a model may last; beyond, its worker is killed and restarted "
+             "and the request fails (0: no limit; env PIRM_MAX_RUN_S)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     settings = EngineSettings(
@@ -100,8 +111,10 @@ def main(argv: list[str] | None = None) -> None:
         inter_op_threads=args.inter_op_threads,
         default_device=args.device,
         max_model_bytes=args.max_model_mb * MIB,
+        max_graph_nodes=args.max_graph_nodes,
         memory_limit_bytes=args.memory_limit_mb * MIB,
         worker_memory_limit_bytes=args.worker_memory_limit_mb * MIB,
+        max_run_s=args.max_run_s,
         repository=args.repository,
         node=env_default("PIRM_NODE_NAME", EngineSettings().node),
     )

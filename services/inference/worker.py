@@ -1,6 +1,6 @@
 """Inference worker processes: TensorFlow runs in a child process per device, supervised by the
-server. A model that crashes or aborts TensorFlow fails its request with a clear error; the
-worker is started again and the service keeps serving.
+server. A model that crashes or aborts TensorFlow, or runs past the time limit of a run, fails
+its request with a clear error; the worker is started again and the service keeps serving.
 
 Workers are started with the spawn method (a fresh interpreter), which is safe even after the
 gRPC server exists, unlike fork.
@@ -33,6 +33,41 @@ class WorkerCrashed(errors.InvalidArgument):
     """The model took its worker process down (a TensorFlow abort, a segfault, the OOM killer)."""
 
 
+class RunTooLong(errors.InvalidArgument):
+    """A session run of the model lasted longer than the limit; its worker was killed."""
+
+
+class RunClock:
+    """When the worker's current session run started and on what: shared memory the worker
+    writes around each run and the server reads while it waits, so that a run past the time
+    limit is stopped (a session run cannot be interrupted but by killing its process). Times
+    are CLOCK_MONOTONIC, one clock for every process of the machine. A hostile graph cannot
+    write here (it runs only allowlisted ops); the server reads numbers and a name, nothing
+    else."""
+
+    _NAME_BYTES = 128
+
+    def __init__(self) -> None:
+        self._values = _CONTEXT.RawArray("d", 3)  # started (0: no run), height, width
+        self._name = _CONTEXT.RawArray("c", self._NAME_BYTES)
+
+    def started(self, model: str, shape: tuple[int, ...]) -> None:
+        self._name.value = model.encode()[: self._NAME_BYTES - 1]
+        self._values[1], self._values[2] = shape[1], shape[2]
+        self._values[0] = time.monotonic()
+
+    def stopped(self) -> None:
+        self._values[0] = 0.0
+
+    def overrun(self, limit_s: float) -> tuple[str, tuple[int, ...]] | None:
+        """The model and input shape of a run in progress for longer than `limit_s`."""
+        started = self._values[0]
+        if not limit_s or not started or time.monotonic() - started <= limit_s:
+            return None
+        name = self._name.value.decode(errors="replace")
+        return name, (1, int(self._values[1]), int(self._values[2]), 3)
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """What a worker needs to (re)load a model after it starts or restarts."""
@@ -42,9 +77,11 @@ class ModelSource:
     input_tensor: str
     output_tensor: str
     max_bytes: int
+    max_nodes: int
 
     def load_args(self) -> tuple[Any, ...]:
-        return (self.name, self.data, self.input_tensor, self.output_tensor, self.max_bytes)
+        return (self.name, self.data, self.input_tensor, self.output_tensor, self.max_bytes,
+                self.max_nodes)
 
 
 @dataclass(frozen=True)
@@ -60,6 +97,8 @@ class WorkerSettings:
     # on the device's worker: it runs at a lower priority so that it disturbs the timing less.
     role: str = ""  # "" for a device's worker; its process is named pirm-tf-<role or device>
     nice: int = 0
+    # Seconds one session run may last before the worker is killed (0: no limit).
+    max_run_s: float = 0.0
 
 
 def name_process(name: str) -> None:
@@ -68,7 +107,7 @@ def name_process(name: str) -> None:
         comm.write(name[:15])
 
 
-def _serve(conn: Connection, settings: WorkerSettings) -> None:
+def _serve(conn: Connection, settings: WorkerSettings, clock: RunClock) -> None:
     """The worker's loop: (method, args) in, ("ok", result) or ("error", (kind, text)) out."""
     name_process(f"pirm-tf-{settings.role or settings.device}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
@@ -78,7 +117,7 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
         from services.inference.runtime import ModelRuntime
 
         runtime = ModelRuntime(settings.device, settings.intra_op_threads,
-                               settings.inter_op_threads)
+                               settings.inter_op_threads, clock)
     except errors.PirmError as error:
         conn.send(("error", (type(error).__name__, str(error))))
         return
@@ -129,8 +168,10 @@ class Worker:
         self.loaded: set[str] = set()  # model names loaded in the current process
         self._lock = threading.Lock()
         self._process: Any = None
+        self._started = False  # a process was started before: the next start is a restart
         self._conn: Connection | None = None
         self._tensors = ServerTensors()
+        self._clock = RunClock()
 
     @property
     def running(self) -> bool:
@@ -140,8 +181,8 @@ class Worker:
              abort: threading.Event | None = None) -> Any:
         """Calls the runtime in the worker, (re)starting it and loading `models` first if the
         current process does not hold them. When `abort` is set meanwhile, the worker is killed
-        (a session run cannot be interrupted otherwise) and Cancelled raised; the next call
-        starts a fresh worker."""
+        (a session run cannot be interrupted otherwise) and Cancelled raised; so is a session
+        run past `max_run_s`, with RunTooLong. The next call starts a fresh worker."""
         with self._lock:
             self._prepare(models)
             return self._request(method, args, abort)
@@ -183,12 +224,14 @@ class Worker:
         return value
 
     def _start(self) -> None:
-        if self._process is not None:
+        if self._started:
             self.restarts += 1
             telemetry.worker_restarted(self.settings.device)
+        self._started = True
+        self._clock.stopped()  # a killed process may have left its run's start behind
         parent, child = _CONTEXT.Pipe()
         self._process = _CONTEXT.Process(
-            target=_serve, args=(child, self.settings), daemon=True,
+            target=_serve, args=(child, self.settings, self._clock), daemon=True,
             name=f"inference-worker-{self.settings.device}",
         )
         self._process.start()
@@ -209,6 +252,9 @@ class Worker:
         while not self._conn.poll(_POLL_S):
             if abort is not None and abort.is_set():
                 self._kill(method)
+            overrun = self._clock.overrun(self.settings.max_run_s)
+            if overrun is not None:
+                self._stop_overrun(method, *overrun)
             if not self._process.is_alive():
                 break
         else:
@@ -234,6 +280,20 @@ class Worker:
         log.info("worker killed: its caller cancelled", extra={"device": self.settings.device,
                                                              "method": method})
         raise errors.Cancelled(f"{method} was cancelled by its caller; the worker was restarted")
+
+    def _stop_overrun(self, method: str, model: str, shape: tuple[int, ...]) -> None:
+        self._process.kill()
+        self._process.join(5)
+        self._process = None
+        limit = self.settings.max_run_s
+        log.warning("worker killed: a run exceeded the time limit",
+                    extra={"device": self.settings.device, "method": method, "model": model,
+                           "input_shape": list(shape), "max_run_s": limit})
+        raise RunTooLong(
+            f"model {model!r} ran longer than {limit:g} s on an input of shape {shape} and was "
+            "stopped: that is the limit of one run on this inference service (--max-run-s, env "
+            "PIRM_MAX_RUN_S). Its worker was restarted; other requests are unaffected"
+        )
 
     def stop(self) -> None:
         with self._lock:

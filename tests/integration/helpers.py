@@ -50,6 +50,27 @@ def slow_graph() -> bytes:
     return graph_bytes(build)
 
 
+def chain_graph(length: int) -> bytes:
+    """A frozen graph of `length` element-wise nodes in one chain (Neg, Tanh, Neg ...) from
+    input to output: as deep as a graph of its size can be. Written as a GraphDef directly:
+    TensorFlow's Python graph builder takes about a minute for 50,000 ops."""
+    from tensorflow.core.framework import graph_pb2, types_pb2
+
+    graph = graph_pb2.GraphDef()
+    source = graph.node.add(name="input", op="Placeholder")
+    source.attr["dtype"].type = types_pb2.DT_FLOAT
+    for size in (1, -1, -1, 3):
+        source.attr["shape"].shape.dim.add(size=size)
+    previous = source.name
+    for index in range(length):
+        node = graph.node.add(name=f"n{index}", op=("Neg", "Tanh")[index % 2], input=[previous])
+        node.attr["T"].type = types_pb2.DT_FLOAT
+        previous = node.name
+    output = graph.node.add(name="output", op="Identity", input=[previous])
+    output.attr["T"].type = types_pb2.DT_FLOAT
+    return bytes(graph.SerializeToString())
+
+
 def inferences_of(target: str, model: str, token: str | None = None) -> int:
     """How many requests the inference service at `target` ran for `model` (Triton's
     statistics extension of the Open Inference Protocol)."""

@@ -17,6 +17,7 @@ from pirm.v1 import inference_pb2, inference_pb2_grpc
 
 from services.common.server import RunningServer, open_channel
 from services.common.tensors import from_tensor, to_tensor
+from services.inference import telemetry
 from services.inference.engine import EngineSettings
 from services.inference.server import create_server
 from tests.integration.helpers import graph_bytes, is_serving
@@ -92,6 +93,7 @@ def test_crash_in_worker_fails_the_request_and_the_service_recovers(
                                                   options=quick), timeout=120)
     # An inference first: the worker that dies holds a shared-memory region the next must not.
     stub.Infer(inference_pb2.InferRequest(model="m", input=to_tensor(image)), timeout=60)
+    restarts_before = worker_restarts()
     thread = threading.Thread(target=long_benchmark)
     thread.start()
     time.sleep(3)  # the worker is in the timing loop
@@ -107,6 +109,14 @@ def test_crash_in_worker_fails_the_request_and_the_service_recovers(
                                     timeout=60).output)
     np.testing.assert_array_equal(output, np.maximum(image, 0))
     assert _worker_pids() != [pid]
+    assert worker_restarts() == restarts_before + 1  # what dashboards and alerts see
+
+
+def worker_restarts() -> float:
+    """The service's restart counter (its Prometheus registry lives in this process)."""
+    value = telemetry.REGISTRY.get_sample_value("pirm_inference_worker_restarts_total",
+                                                {"device": "cpu"})
+    return value or 0.0
 
 
 def test_peak_memory_is_measured(server: tuple[RunningServer, Stub]) -> None:

@@ -16,7 +16,10 @@ from pirm.v1 import common_pb2
 from services.common.errors import InvalidArgument, NotFound
 from services.common.limits import DEFAULT_MAX_MODEL_BYTES
 from services.common.tensors import from_tensor, to_tensor
-from services.inference.graphs import parse_graph, repository_path
+from services.inference.graphs import DEFAULT_MAX_GRAPH_NODES, parse_graph, repository_path
+from services.scorer.samples import srcnn_graph_def
+from tests.conftest import SHARED
+from tests.integration.helpers import chain_graph, graph_bytes
 
 v1 = tf.compat.v1
 
@@ -106,6 +109,68 @@ def test_size_limit() -> None:
 
 def test_default_size_limit_is_100_mib() -> None:
     assert DEFAULT_MAX_MODEL_BYTES == 100 * 1024 * 1024
+
+
+def test_node_limit() -> None:
+    graph_def = conv_graph()
+    nodes, data = len(graph_def.node), graph_def.SerializeToString()
+    _, spec = parse_graph("m", data, max_nodes=nodes)  # exactly at the limit
+    assert spec.node_count == nodes
+    raises_invalid(data, f"model has {nodes} nodes; the limit is {nodes - 1}",
+                   "--max-graph-nodes", "PIRM_MAX_GRAPH_NODES", max_nodes=nodes - 1)
+
+
+def test_a_graph_tens_of_thousands_of_nodes_deep_is_refused_by_default() -> None:
+    """Such a graph takes TensorFlow 15-30 s to import at every worker start (and 100,000
+    nodes crash the worker at every run): it is refused before TensorFlow sees it."""
+    raises_invalid(chain_graph(50_000), "model has 50,002 nodes; the limit is 10,000")
+    parse_graph("m", chain_graph(DEFAULT_MAX_GRAPH_NODES - 2))  # input + chain + output
+
+
+def vdsr_shaped(tf: Any, x: Any) -> None:
+    """VDSR as SPEC.md section 8 describes it (random weights): 20 convolutions on the grey
+    image, the refined grey added back to the colour input."""
+    rng = np.random.default_rng(0)
+    grey = tf.image.rgb_to_grayscale(x)
+    y, channels = grey, [1] + [64] * 19 + [1]
+    for layer, (c_in, c_out) in enumerate(zip(channels, channels[1:], strict=False)):
+        w = rng.normal(0, 0.03, (3, 3, c_in, c_out)).astype(np.float32)
+        y = tf.nn.conv2d(y, w, 1, "SAME") + np.zeros(c_out, np.float32)
+        y = tf.nn.relu(y) if layer < len(channels) - 2 else y
+    tf.identity(x - tf.concat([grey] * 3, 3) + tf.concat([grey + y] * 3, 3), name="output")
+
+
+def dped_resnet_shaped(tf: Any, x: Any) -> None:
+    """DPED's ResNet 12_64 as SPEC.md section 8 describes it (random weights), with its
+    instance normalisations written out as a frozen TF1 graph has them."""
+    rng = np.random.default_rng(0)
+
+    def conv(y: Any, size: int, c_in: int, c_out: int) -> Any:
+        w = rng.normal(0, 0.03, (size, size, c_in, c_out)).astype(np.float32)
+        return tf.nn.conv2d(y, w, 1, "SAME") + np.zeros(c_out, np.float32)
+
+    def instance_norm(y: Any) -> Any:
+        mean, variance = tf.nn.moments(y, [1, 2], keepdims=True)
+        shift, scale = np.zeros(64, np.float32), np.ones(64, np.float32)
+        return scale * (y - mean) / tf.sqrt(variance + 1e-3) + shift
+
+    y = tf.nn.relu(conv(x, 9, 3, 64))
+    for _ in range(4):
+        z = tf.nn.relu(instance_norm(conv(y, 3, 64, 64)))
+        y = y + tf.nn.relu(instance_norm(conv(z, 3, 64, 64)))
+    for _ in range(2):
+        y = tf.nn.relu(conv(y, 3, 64, 64))
+    tf.identity(tf.tanh(conv(y, 9, 64, 3)) * 0.58 + 0.5, name="output")
+
+
+def test_the_challenges_models_are_far_below_the_node_limit() -> None:
+    models = {"srcnn": srcnn_graph_def(), "vdsr": graph_bytes(vdsr_shaped),
+              "dped_resnet_12_64": graph_bytes(dped_resnet_shaped)}
+    real = [SHARED / "models_pretrained" / f"{name}_srcnn.pb" for name in ("div2k", "dped")]
+    models.update({path.stem: path.read_bytes() for path in real if path.is_file()})
+    for name, data in models.items():
+        _, spec = parse_graph(name, data)
+        assert spec.node_count * 20 < DEFAULT_MAX_GRAPH_NODES, (name, spec.node_count)
 
 
 def test_a_name_is_required() -> None:

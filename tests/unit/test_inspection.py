@@ -32,6 +32,7 @@ from services.scorer.protocol import timing_input, timing_input_shape
 from services.scorer.samples import srcnn_graph_def
 from services.scorer.scoring import Track
 from tests.conftest import SHARED
+from tests.integration.helpers import chain_graph
 
 v1 = tf.compat.v1
 HD = (1280, 720)
@@ -201,6 +202,19 @@ def test_missing_output_tensor_is_a_problem() -> None:
     assert found.problems == ("model has no output tensor 'result:0': the graph has no node "
                               "'result'. Name the output node 'result' or pass the tensor "
                               "name with the model",)
+
+
+def test_graph_over_the_node_limit_is_refused_as_the_service_refuses_it() -> None:
+    """The verdict of `pirm inspect` and the service's refusal are the same words; the graph is
+    not imported for shapes and FLOPs (that alone would take TensorFlow about 15 s)."""
+    data = chain_graph(50_000)
+    found = inspect_graph(data, HD)
+    assert not found.accepted and found.node_count == 50_002
+    assert found.flops is None and found.output.shape is None
+    with pytest.raises(InvalidArgument) as refusal:
+        parse_graph("m", data)
+    assert found.problems == (str(refusal.value),)
+    assert "the limit is 10,000" in found.problems[0]
 
 
 def test_not_a_graph_is_refused() -> None:
