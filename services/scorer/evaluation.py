@@ -283,8 +283,7 @@ class Evaluation:
         """The comparison, unless the model's timing check failed and such jobs fail."""
         failure = comparison.solution.check.failure
         if failure:
-            log.warning("timing not trusted", extra={"job_id": self.job.job_id,
-                                                     "reason": failure})
+            log.warning(f"timing not trusted: {failure}", extra={"job_id": self.job.job_id})
             if self.settings.timing_check == "fail":
                 raise InvalidArgument(f"the timing check failed: {failure}")
         return comparison

@@ -82,7 +82,7 @@ def pirm(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, str]:
     with pytest.raises(SystemExit) as exit_:
         main(list(args))
     out = capsys.readouterr()
-    assert exit_.value.code == 0, out.err
+    assert exit_.value.code == 0, out.out + out.err
     return out.out, out.err
 
 

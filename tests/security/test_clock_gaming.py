@@ -116,7 +116,7 @@ def test_honest_models_pass(name: str, hd: tuple[np.ndarray, list[np.ndarray]]) 
 def third_of_hd(track: Track, dataset: Path) -> tuple[np.ndarray, list[np.ndarray]]:
     """A third of the timing input each way, and probes to match: the check's rule does not
     depend on the size, and the reference networks take seconds a run at full size here (VDSR
-    half a minute). A 32-px border is a larger share of it: instance normalisation's
+    half a minute). The 32 px cut is a larger share of it: instance normalisation's
     statistics move more than on the full image."""
     image = timing_input(track, dataset)[:, 120:120 + 240, 320:320 + 424]
     return image, timing_probes(track, dataset, image.shape)
@@ -182,7 +182,7 @@ def test_a_cheaters_job_fails_with_the_reason(cluster: Cluster, dataset: Path) -
     check = honest.result.runtime.check
     assert honest.state == scorer_pb2.JOB_STATE_SUCCEEDED and check.checked, honest
     assert not check.failure and len(check.probes) == 3, check
-    assert [list(p.shape) for p in check.probes] == [[1, 784, 1344, 3], [1, 720, 1280, 3],
+    assert [list(p.shape) for p in check.probes] == [[1, 688, 1248, 3], [1, 720, 1280, 3],
                                                       [1, 360, 640, 3]]
 
 
