@@ -56,12 +56,24 @@ def message_options(max_message_mb: int) -> list[tuple[str, int]]:
     return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
 
 
+# A peer whose host is cut off drops packets instead of refusing them: a call to it would wait
+# for its deadline (inference: 600 s). Our channels ping every 10 s, during calls that send
+# nothing for minutes too (a timing), and close a connection whose ping is not answered within
+# 5 s, failing its calls with UNAVAILABLE; our servers accept pings that often (twice as often,
+# for timer slack), else they would answer GOAWAY "too_many_pings".
+CHANNEL_KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+                     ("grpc.keepalive_permit_without_calls", 1),
+                     ("grpc.http2.max_pings_without_data", 0)]
+SERVER_KEEPALIVE = [("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                    ("grpc.keepalive_permit_without_calls", 1)]
+
+
 def open_channel(target: str, max_message_mb: int, security: ChannelSecurity | None = None,
                  options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
-    """A channel with our message limits (and further `options`), and TLS and a bearer token
-    when `security` says."""
-    return secure([*message_options(max_message_mb), *(options or [])], target,
-                  security or ChannelSecurity())
+    """A channel with our message limits, keepalive (and further `options`), and TLS and a
+    bearer token when `security` says."""
+    return secure([*message_options(max_message_mb), *CHANNEL_KEEPALIVE, *(options or [])],
+                  target, security or ChannelSecurity())
 
 
 @dataclass(frozen=True)
@@ -141,7 +153,8 @@ def create_server(
     security = security or ServerSecurity()
     security.check_address(address)
     limit_malloc_arenas()
-    options = [*message_options(max_message_mb), *(connections or ConnectionAge()).options()]
+    options = [*message_options(max_message_mb), *(connections or ConnectionAge()).options(),
+               *SERVER_KEEPALIVE]
     calls = DrainInterceptor(bindings[0].full_name)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),

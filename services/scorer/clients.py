@@ -94,6 +94,8 @@ def call_with_retry(
 class InferenceClient:
     """One inference endpoint."""
 
+    service = "inference"
+
     def __init__(self, target: str, max_message_mb: int, deadline_s: float = 600.0,
                  attempts: int = 5, security: ChannelSecurity | None = None) -> None:
         self.target = target
@@ -194,6 +196,8 @@ class InferenceClient:
 
 class MetricsClient:
     """One metrics endpoint."""
+
+    service = "metrics"
 
     def __init__(self, target: str, max_message_mb: int, deadline_s: float = 120.0,
                  attempts: int = 5, security: ChannelSecurity | None = None) -> None:
@@ -302,11 +306,13 @@ class EndpointPool(Generic[C]):
             failure: errors.Unavailable | None = None
             for client in self.rotation():
                 try:
-                    return call(client)
+                    result = call(client)
                 except errors.Unavailable as error:
                     failure = error
-                    with self._lock:
-                        self._down_until[client.target] = time.monotonic() + DOWN_FOR_S
+                    self._mark_down(client, error)
+                    continue
+                self._mark_up(client)
+                return result
             assert failure is not None
             if time.monotonic() >= give_up:
                 raise errors.Unavailable(
@@ -336,6 +342,23 @@ class EndpointPool(Generic[C]):
                 raise
 
         return self.first_available(once)
+
+    def _mark_down(self, client: C, error: errors.Unavailable) -> None:
+        """Tried last for DOWN_FOR_S; logged when it goes out of use, not at each failure."""
+        with self._lock:
+            newly = client.target not in self._down_until
+            self._down_until[client.target] = time.monotonic() + DOWN_FOR_S
+        if newly:
+            log.warning("endpoint out of use", extra={
+                "service": client.service, "endpoint": client.target, "status": error.status,
+                "reason": str(error), "tried_last_for_s": DOWN_FOR_S})
+
+    def _mark_up(self, client: C) -> None:
+        with self._lock:
+            back = self._down_until.pop(client.target, None) is not None
+        if back:
+            log.info("endpoint back in use",
+                     extra={"service": client.service, "endpoint": client.target})
 
     def close(self) -> None:
         with self._lock:
