@@ -23,6 +23,7 @@ from services.common.auth import (
     set_caller,
 )
 from services.common.errors import PirmError, Unauthenticated, Unavailable
+from services.common.incidents import report_incident
 from services.common.transport import AUTHORIZATION, BEARER
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ def wrapped_in(scope: Callable[[grpc.ServicerContext], AbstractContextManager[An
 
 
 class ErrorInterceptor(HandlerInterceptor):
-    """Turns domain errors into their gRPC status, and anything unexpected into INTERNAL."""
+    """Turns domain errors into their gRPC status, and anything unexpected into INTERNAL with
+    an incident id only (incidents.py)."""
 
     def wrap(self, behavior: Behavior, method: str, kind: str, streams_response: bool
              ) -> Behavior:
@@ -97,8 +99,8 @@ def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None
         context.abort(grpc.StatusCode[error.status], str(error))
     if context.code() is not None:  # type: ignore[attr-defined]  # aborted by the servicer
         raise error
-    log.exception("unhandled error", extra={"method": method})
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {error!r}")
+    context.abort(grpc.StatusCode.INTERNAL,
+                  report_incident(log, "unhandled error", error, method=method))
 
 
 def _guard_unary(behavior: Behavior, method: str) -> Behavior:
