@@ -132,8 +132,9 @@ class DrainInterceptor(HandlerInterceptor):
 
     passes_health = True
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, probes: frozenset[str] = frozenset()) -> None:
         self.service = service
+        self.probes = probes  # full method names answered while draining too (readiness)
         self._changed = threading.Condition()
         self._calls = 0
         self._last_end = float("-inf")
@@ -152,6 +153,8 @@ class DrainInterceptor(HandlerInterceptor):
 
     def wrap(self, behavior: Behavior, method: str, kind: str, streams_response: bool
              ) -> Behavior:
+        if method in self.probes:
+            return behavior
         return wrapped_in(self._counted, behavior, streams_response)
 
     @contextlib.contextmanager

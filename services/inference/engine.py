@@ -124,6 +124,7 @@ class Engine:
         self._lock = threading.Lock()
         self._device_locks = {device: DeviceLock(device) for device in DEVICES}
         self._spare = SpareProcess()
+        self._ready = threading.Event()
 
     def start(self) -> None:
         """Starts the default device's worker and the memory probes' spare process, and waits
@@ -132,6 +133,16 @@ class Engine:
         self._spare.prepare()
         self._worker(self.settings.default_device).call("ping")
         self._spare.wait_ready()
+        self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the engine can serve: started and not shutting down."""
+        return self._ready.is_set()
+
+    def drain(self) -> None:
+        """The server is shutting down: not ready from now on; work in flight goes on."""
+        self._ready.clear()
 
     def load(
         self, name: str, data: bytes, input_tensor: str = "", output_tensor: str = ""
@@ -304,6 +315,7 @@ class Engine:
             return sum(w.restarts for w in self._workers.values())
 
     def close(self) -> None:
+        self._ready.clear()
         with self._lock:
             workers = list(self._workers.values())
         for worker in workers:
