@@ -33,7 +33,7 @@ def test_tritonclient_round_trip_of_a_real_model_from_the_repository(
     pirm_data: Path, tmp_path: Path
 ) -> None:
     if not CLIENT_PYTHON.exists():
-        pytest.skip(f"{CLIENT_PYTHON} is missing: run `make setup` to create the client venv")
+        pytest.skip(f"{CLIENT_PYTHON} is missing: run `make test-tools` to create the client venv")
     pb = pirm_data / "models_pretrained" / "dped_srcnn.pb"
     (tmp_path / "repo" / "srcnn" / "1").mkdir(parents=True)
     (tmp_path / "repo" / "srcnn" / "1" / "model.pb").symlink_to(pb)
