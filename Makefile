@@ -29,6 +29,7 @@ test-tools: $(STAMP_CLIENT) kubectl prometheus chromium
 # The project is installed editable; the generated package `pirm.v1` is mapped to build/gen,
 # so its folder must exist before pip records the mapping.
 $(STAMP_INSTALL): pyproject.toml
+	@echo "Installing the Python packages into $(VENV) (TensorFlow among them: 3-4 min on a fresh machine) ..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	mkdir -p $(GEN)/pirm/v1 $(GEN)/inference
 	touch $(GEN)/pirm/__init__.py $(GEN)/pirm/v1/__init__.py $(GEN)/inference/__init__.py
@@ -47,9 +48,10 @@ $(STAMP_PROTOS): $(PROTOS) $(STAMP_INSTALL)
 protos: $(STAMP_PROTOS)
 
 # Compiled here, once, rather than while the metrics service starts (it loads them before it
-# reports SERVING): the compilation takes 1-2 minutes on 2 cores.
+# reports SERVING): the compilation takes 2-3.5 minutes on this 2-core machine (121 s at load 5,
+# 204 s at load 7).
 $(STAMP_KERNELS): services/metrics/kernels.py services/metrics/quality.py $(STAMP_INSTALL)
-	@echo "Compiling the metric kernels (numba, once: about 1-2 min on 2 cores) ..."
+	@echo "Compiling the metric kernels (numba, once: 2-4 min on 2 cores) ..."
 	@$(BIN)/python -c 'import time; t = time.monotonic(); \
 	    from services.metrics.quality import warm_up; warm_up(); \
 	    print(f"  compiled in {time.monotonic() - t:.0f} s")'

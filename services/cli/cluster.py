@@ -28,7 +28,7 @@ SERVICES = ("inference", "metrics", "scorer")
 # What each service does before it reports SERVING: what a start says while it waits.
 STARTING = {
     "inference": "starting its TensorFlow worker (TensorFlow's import)",
-    "metrics": "loading the compiled metric kernels (1-2 min if `make setup` did not compile them)",
+    "metrics": "loading the compiled metric kernels (2-4 min if `make setup` did not compile them)",
     "scorer": "opening its job store and baseline models",
 }
 STILL_WAITING_EVERY_S = 15.0
