@@ -48,8 +48,8 @@ $(STAMP_PROTOS): $(PROTOS) $(STAMP_INSTALL)
 protos: $(STAMP_PROTOS)
 
 # Compiled here, once, rather than while the metrics service starts (it loads them before it
-# reports SERVING): the compilation takes 2-3.5 minutes on this 2-core machine (121 s at load 5,
-# 204 s at load 7).
+# reports SERVING): the compilation takes 2-3.5 minutes on this 2-core machine (107 s at a load
+# of 2-4, 204 s at 7).
 $(STAMP_KERNELS): services/metrics/kernels.py services/metrics/quality.py $(STAMP_INSTALL)
 	@echo "Compiling the metric kernels (numba, once: 2-4 min on 2 cores) ..."
 	@$(BIN)/python -c 'import time; t = time.monotonic(); \
