@@ -124,11 +124,11 @@ def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Behavi
 
 
 class DrainInterceptor(HandlerInterceptor):
-    """Counts the calls in progress (health's aside) and, once the server drains, refuses new
-    ones with UNAVAILABLE, which clients retry elsewhere. grpc's own stop closes a connection
-    the moment its last call ends: a reset then could cost a client the unread end of a large
-    response (seen under load), so the server closes only once every answer had time to be
-    read (RunningServer.stop)."""
+    """Counts the calls in progress (health's and the readiness probes' aside) and, once the
+    server drains, refuses new ones with UNAVAILABLE, which clients retry elsewhere. grpc's own
+    stop closes a connection the moment its last call ends: a reset then could cost a client the
+    unread end of a large response (seen under load), so the server closes only once every
+    answer had time to be read (RunningServer.stop)."""
 
     passes_health = True
 
