@@ -65,7 +65,7 @@ def batch_services(batch: LocalBatch, say: Callable[[str], None]) -> Iterator[Ta
     logs = REPO_ROOT / "var" / "logs"
     say(f"No scorer at {local}: starting inference, metrics and scorer (logs in {logs})")
     cluster = LocalCluster(ports={s: free_port() for s in SERVICES}, log_dir=logs)
-    cluster.start()
+    cluster.start(say=say)
     try:
         yield Targets(cluster.target("scorer"), cluster.target("inference"),
                       cluster.target("metrics"), cluster.token(Role.INTERNAL))

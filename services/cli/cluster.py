@@ -3,6 +3,7 @@ process, a dead one restarted, all stopped together."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,13 @@ from services.common.supervision import SUPERVISOR_PID
 
 log = logging.getLogger(__name__)
 SERVICES = ("inference", "metrics", "scorer")
+# What each service does before it reports SERVING: what a start says while it waits.
+STARTING = {
+    "inference": "starting its TensorFlow worker (TensorFlow's import)",
+    "metrics": "loading the compiled metric kernels (2-4 min if `make setup` did not compile them)",
+    "scorer": "opening its job store and baseline models",
+}
+STILL_WAITING_EVERY_S = 15.0
 
 
 # A local cluster's callers: the scorer, and the person at this machine as an organiser.
@@ -61,18 +69,20 @@ def configured_metrics_ports() -> dict[str, int]:
             for s in SERVICES}
 
 
+def _says_serving(health: health_pb2_grpc.HealthStub) -> bool:
+    try:
+        status = health.Check(health_pb2.HealthCheckRequest(), timeout=2.0).status
+    except grpc.RpcError:
+        return False
+    return bool(status == health_pb2.HealthCheckResponse.SERVING)
+
+
 def wait_serving(target: str, timeout_s: float = 120.0) -> None:
     """Waits until the server's health service reports SERVING."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
+        health = health_pb2_grpc.HealthStub(channel)
+        while not _says_serving(health):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{target} did not become SERVING within {timeout_s:.0f} s")
             time.sleep(0.2)
@@ -85,6 +95,10 @@ def is_serving(target: str, timeout_s: float = 3.0) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+class StartFailed(RuntimeError):
+    """A service of a local cluster exited or did not become SERVING in time (all stopped)."""
 
 
 @dataclass
@@ -130,17 +144,59 @@ class LocalCluster:
         """A token of `role` for clients of this cluster (None without authentication)."""
         return None if self.insecure_dev else token_of(self.tokens_file, role)
 
-    def start(self, timeout_s: float = 180.0) -> None:
+    def start(self, timeout_s: float = 180.0, say: Callable[[str], None] | None = None) -> None:
+        """Starts the services and waits until all are SERVING; `say` is told what each is
+        doing meanwhile and when each is serving."""
         if not self.insecure_dev and not self.tokens_file.exists():
             write_tokens_file(self.tokens_file, LOCAL_CALLERS)
             log.info("tokens written", extra={"file": str(self.tokens_file)})
         for service in SERVICES:
             self._spawn(service)
-        for service in SERVICES:
-            wait_serving(self.target(service), timeout_s)
+        try:
+            self._wait_serving(timeout_s, say or (lambda _: None))
+        except BaseException:
+            self.stop()
+            raise
         if self.restart:
             self._supervisor = threading.Thread(target=self._supervise, daemon=True)
             self._supervisor.start()
+
+    def _wait_serving(self, timeout_s: float, say: Callable[[str], None]) -> None:
+        """All services at once, each named as it turns SERVING; every STILL_WAITING_EVERY_S
+        the ones still starting, with what they are doing. A service that exits while
+        starting fails the start at once, pointing at its log."""
+        started = time.monotonic()
+        waiting = list(SERVICES)
+        for service in waiting:
+            say(f"  {service}: {STARTING[service]}")
+        next_note = started + STILL_WAITING_EVERY_S
+        with contextlib.ExitStack() as channels:
+            health = {s: health_pb2_grpc.HealthStub(channels.enter_context(
+                grpc.insecure_channel(self.target(s)))) for s in SERVICES}
+            while waiting:
+                for service in list(waiting):
+                    self._check_alive(service)
+                    if _says_serving(health[service]):
+                        waiting.remove(service)
+                        say(f"  {service}: serving after {time.monotonic() - started:.0f} s")
+                elapsed = time.monotonic() - started
+                if waiting and elapsed > timeout_s:
+                    raise StartFailed(f"{', '.join(waiting)} did not become SERVING within "
+                                      f"{timeout_s:.0f} s{self._see_logs()}")
+                if waiting and time.monotonic() >= next_note:
+                    next_note += STILL_WAITING_EVERY_S
+                    say(f"  still waiting after {elapsed:.0f} s for " + "; ".join(
+                        f"{s}: {STARTING[s]}" for s in waiting))
+                time.sleep(0.2)
+
+    def _check_alive(self, service: str) -> None:
+        code = self._processes[service].poll()
+        if code is not None:
+            raise StartFailed(f"{service} exited with code {code} while starting"
+                              f"{self._see_logs()}")
+
+    def _see_logs(self) -> str:
+        return f" (see the logs in {self.log_dir})" if self.log_dir is not None else ""
 
     def _spawn(self, service: str) -> None:
         output = None

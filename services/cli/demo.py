@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.cli.cluster import LocalCluster, free_port
+from services.cli.cluster import LocalCluster, StartFailed, free_port
 from services.cli.main import follow_jobs, leaderboard_table
 from services.client import ScorerClient, leaderboard_rows
 from services.scorer.samples import (
@@ -46,6 +46,8 @@ def demo_inputs(data: Path | None) -> tuple[dict[Track, Path], dict[Track, Path]
         models = {t: data / "models_pretrained" / BASELINE_FILES[t] for t in Track}
         return datasets, models, f"challenge data in {data}"
     samples = STATE / "sample-data"
+    _say(f"No challenge data found: preparing sample data in {samples} and an SRCNN-shaped "
+         "baseline graph (TensorFlow's import) ...")
     datasets = {t: make_sample_dataset(samples, t) for t in Track}
     baseline_graph(Track.A, None, STATE)  # writes the SRCNN-shaped graph once
     models = dict.fromkeys(Track, STATE / "srcnn_shaped.pb")
@@ -70,7 +72,10 @@ def run_demo(data: Path | None, as_json: bool = False) -> int:
         )
         _say(f"Starting inference, metrics and scorer (logs in {STATE / 'logs'}) ...")
         started = time.monotonic()
-        cluster.start()
+        try:
+            cluster.start(say=_say)
+        except StartFailed as error:
+            raise SystemExit(f"pirm demo: {error}") from None
         try:
             return _evaluate(cluster.target("scorer"), cluster.token(), datasets, models, started,
                              as_json)

@@ -270,11 +270,15 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from services.cli.cluster import LocalCluster
+    from services.cli.cluster import LocalCluster, StartFailed
 
     setup_logging()
     cluster = LocalCluster(insecure_dev=args.insecure_dev)
-    cluster.start()
+    print("Starting inference, metrics and scorer ...", file=sys.stderr, flush=True)
+    try:
+        cluster.start(say=_say_aside)  # stdout says only that the cluster is up, and where
+    except StartFailed as error:
+        raise SystemExit(f"pirm up: {error}") from None
     targets = ", ".join(f"{s} {cluster.target(s)} (/metrics on :{cluster.metrics_ports[s]})"
                         for s in ("inference", "metrics", "scorer"))
     print(f"cluster up: {targets} (Ctrl-C stops)", flush=True)

@@ -5,6 +5,8 @@ and the final summary table of the jobs."""
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,11 +20,21 @@ def interactive() -> bool:
     return sys.stdout.isatty()
 
 
+# What a job's stage is doing, for the lines that say it is still at it.
+STAGE_WORK = {
+    "quality": "the model on each image, then its PSNR and MS-SSIM",
+    "timing": "the model and the SRCNN baseline timed in turn on an HD image, then the model's "
+              "peak memory",
+}
+FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
 class JobBars:
     """One bar per job (images done of total, stage); without a terminal, one line each time a
-    job's state or stage changes."""
+    job's state or stage changes, and every `still_every_s` a line for a job still in the same
+    stage (a timing takes minutes, with no change to show)."""
 
-    def __init__(self, live: bool | None = None) -> None:
+    def __init__(self, live: bool | None = None, still_every_s: float = 30.0) -> None:
         self.live = interactive() if live is None else live
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -30,13 +42,20 @@ class JobBars:
             console=Console(file=sys.stderr), transient=False)
         self._tasks: dict[str, Any] = {}
         self._last: dict[str, tuple[str, str]] = {}
+        self._latest: dict[str, tuple[dict[str, Any], float]] = {}  # summary, since (monotonic)
+        self._lock = threading.Lock()
+        self._still_every_s = still_every_s
+        self._closed = threading.Event()
 
     def __enter__(self) -> JobBars:
         if self.live:
             self._progress.start()
+        else:
+            threading.Thread(target=self._say_still, daemon=True, name="job-bars").start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._closed.set()
         if self.live:
             self._progress.stop()
 
@@ -50,11 +69,33 @@ class JobBars:
             self._progress.update(self._tasks[job_id], total=summary["images_total"] or None,
                                   completed=summary["images_done"],
                                   stage=stage or state.lower())
-        elif self._last.get(job_id) != (state, stage):
-            self._last[job_id] = (state, stage)
-            print(f"job {job_id}: {state}{' ' + stage if stage else ''} "
-                  f"({summary['images_done']}/{summary['images_total']} images)",
-                  file=sys.stderr, flush=True)
+            return
+        with self._lock:
+            if self._last.get(job_id) != (state, stage):
+                self._last[job_id] = (state, stage)
+                self._latest[job_id] = (summary, time.monotonic())
+                _say_job(summary)
+            else:
+                self._latest[job_id] = (summary, self._latest[job_id][1])
+
+    def _say_still(self) -> None:
+        while not self._closed.wait(self._still_every_s):
+            with self._lock:
+                for summary, since in self._latest.values():
+                    if summary["state"] not in FINAL_STATES:
+                        _say_job(summary, time.monotonic() - since)
+
+
+def _say_job(summary: dict[str, Any], still_s: float | None = None) -> None:
+    """`job ID: STATE stage (done/total images)`; for a job still in its stage, for how long and
+    what the stage does."""
+    stage = summary["stage"]
+    text = (f"job {summary['job_id']}: {summary['state']}{' ' + stage if stage else ''} "
+            f"({summary['images_done']}/{summary['images_total']} images)")
+    if still_s is not None:
+        work = STAGE_WORK.get(stage)
+        text += f", still after {still_s:.0f} s{': ' + work if work else ''}"
+    print(text, file=sys.stderr, flush=True)
 
 
 @contextmanager

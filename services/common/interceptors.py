@@ -23,6 +23,7 @@ from services.common.auth import (
     set_caller,
 )
 from services.common.errors import PirmError, Unauthenticated, Unavailable
+from services.common.incidents import report_incident
 from services.common.transport import AUTHORIZATION, BEARER
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ def wrapped_in(scope: Callable[[grpc.ServicerContext], AbstractContextManager[An
 
 
 class ErrorInterceptor(HandlerInterceptor):
-    """Turns domain errors into their gRPC status, and anything unexpected into INTERNAL."""
+    """Turns domain errors into their gRPC status, and anything unexpected into INTERNAL with
+    an incident id only (incidents.py)."""
 
     def wrap(self, behavior: Behavior, method: str, kind: str, streams_response: bool
              ) -> Behavior:
@@ -97,8 +99,8 @@ def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None
         context.abort(grpc.StatusCode[error.status], str(error))
     if context.code() is not None:  # type: ignore[attr-defined]  # aborted by the servicer
         raise error
-    log.exception("unhandled error", extra={"method": method})
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {error!r}")
+    context.abort(grpc.StatusCode.INTERNAL,
+                  report_incident(log, "unhandled error", error, method=method))
 
 
 def _guard_unary(behavior: Behavior, method: str) -> Behavior:
@@ -122,16 +124,17 @@ def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Behavi
 
 
 class DrainInterceptor(HandlerInterceptor):
-    """Counts the calls in progress (health's aside) and, once the server drains, refuses new
-    ones with UNAVAILABLE, which clients retry elsewhere. grpc's own stop closes a connection
-    the moment its last call ends: a reset then could cost a client the unread end of a large
-    response (seen under load), so the server closes only once every answer had time to be
-    read (RunningServer.stop)."""
+    """Counts the calls in progress (health's and the readiness probes' aside) and, once the
+    server drains, refuses new ones with UNAVAILABLE, which clients retry elsewhere. grpc's own
+    stop closes a connection the moment its last call ends: a reset then could cost a client the
+    unread end of a large response (seen under load), so the server closes only once every
+    answer had time to be read (RunningServer.stop)."""
 
     passes_health = True
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, probes: frozenset[str] = frozenset()) -> None:
         self.service = service
+        self.probes = probes  # full method names answered while draining too (readiness)
         self._changed = threading.Condition()
         self._calls = 0
         self._last_end = float("-inf")
@@ -150,6 +153,8 @@ class DrainInterceptor(HandlerInterceptor):
 
     def wrap(self, behavior: Behavior, method: str, kind: str, streams_response: bool
              ) -> Behavior:
+        if method in self.probes:
+            return behavior
         return wrapped_in(self._counted, behavior, streams_response)
 
     @contextlib.contextmanager

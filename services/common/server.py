@@ -104,6 +104,9 @@ class ServiceBinding:
     full_name: str
     add_to_server: Callable[[Any, grpc.Server], None]
     servicer: Any
+    # Methods answered while the server drains too (readiness probes: they then say "not
+    # ready", where any other call is refused with UNAVAILABLE).
+    probes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -113,6 +116,7 @@ class RunningServer:
     health: health.HealthServicer
     service_names: list[str]
     calls: DrainInterceptor
+    on_drain: list[Callable[[], None]] = field(default_factory=list)  # when stop() begins
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -128,6 +132,8 @@ class RunningServer:
             return
         self._stopped.set()
         self.calls.refuse_new_calls()  # before health says so: a client that saw it may retry
+        for callback in self.on_drain:
+            callback()
         self.health.enter_graceful_shutdown()
         if grace is not None:
             deadline = time.monotonic() + grace
@@ -155,7 +161,8 @@ def create_server(
     limit_malloc_arenas()
     options = [*message_options(max_message_mb), *(connections or ConnectionAge()).options(),
                *SERVER_KEEPALIVE]
-    calls = DrainInterceptor(bindings[0].full_name)
+    calls = DrainInterceptor(bindings[0].full_name, frozenset(
+        f"/{b.full_name}/{method}" for b in bindings for method in b.probes))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
         # The metrics interceptor comes first (outermost): it sees the mapped status codes,

@@ -148,6 +148,7 @@ class Engine:
         # for a timing that holds a device's worker for minutes.
         self._vetter = Worker(replace(self._worker_settings("cpu"), role="vet", nice=VET_NICE,
                                       intra_op_threads=1, inter_op_threads=1))
+        self._ready = threading.Event()
 
     def start(self) -> None:
         """Starts the default device's worker, the vetting process and the memory probes' spare
@@ -161,6 +162,16 @@ class Engine:
         self._worker(self.settings.default_device).call("ping")
         vetter.join()
         self._spare.wait_ready()
+        self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the engine can serve: started and not shutting down."""
+        return self._ready.is_set()
+
+    def drain(self) -> None:
+        """The server is shutting down: not ready from now on; work in flight goes on."""
+        self._ready.clear()
 
     def load(
         self, name: str, data: bytes, input_tensor: str = "", output_tensor: str = ""
@@ -346,6 +357,7 @@ class Engine:
             return sum(w.restarts for w in self._workers.values())
 
     def close(self) -> None:
+        self._ready.clear()
         with self._lock:
             workers = list(self._workers.values())
         for worker in [*workers, self._vetter]:

@@ -18,6 +18,8 @@ from services.inference.graphs import GraphSpec
 PLATFORM = "tensorflow_graphdef"
 SHAPE = [1, -1, -1, 3]  # batch of one, any resolution, RGB
 VERSION = "1"
+# Answered while the server drains too: they then say "not ready" (server.py).
+READINESS_PROBES = ("ServerLive", "ServerReady", "ModelReady")
 
 
 def tensor_name(tensor: str) -> str:
@@ -35,7 +37,8 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     def ServerReady(self, request: oip.ServerReadyRequest,
                     context: grpc.ServicerContext) -> oip.ServerReadyResponse:
-        return oip.ServerReadyResponse(ready=True)
+        # As gRPC health: false while the TensorFlow worker starts and once the server drains.
+        return oip.ServerReadyResponse(ready=self.engine.ready)
 
     def ServerMetadata(self, request: oip.ServerMetadataRequest,
                        context: grpc.ServicerContext) -> oip.ServerMetadataResponse:
@@ -46,6 +49,8 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     def ModelReady(self, request: oip.ModelReadyRequest,
                    context: grpc.ServicerContext) -> oip.ModelReadyResponse:
+        if not self.engine.ready:  # before _spec, which may load a repository model
+            return oip.ModelReadyResponse(ready=False)
         try:
             self._spec(request.name, request.version)
         except NotFound:

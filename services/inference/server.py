@@ -28,7 +28,7 @@ from services.common.transport import ServerSecurity
 from services.inference import telemetry
 from services.inference.engine import DEFAULT_MAX_RUN_S, Engine, EngineSettings
 from services.inference.graphs import DEFAULT_MAX_GRAPH_NODES
-from services.inference.open_inference import OpenInferenceServicer
+from services.inference.open_inference import READINESS_PROBES, OpenInferenceServicer
 from services.inference.servicer import InferenceServicer
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -50,10 +50,11 @@ def create_server(
         # The standard protocol on the same port, over the same models.
         ServiceBinding(OPEN_INFERENCE_NAME,
                        oip_grpc.add_GRPCInferenceServiceServicer_to_server,
-                       OpenInferenceServicer(engine)),
+                       OpenInferenceServicer(engine), probes=READINESS_PROBES),
     ]
     running = create_grpc_server(address, bindings, max_message_mb, workers, security,
                                  connections)
+    running.on_drain.append(engine.drain)
     running.on_stop.append(engine.close)
     engine.start()  # SERVING only once a TensorFlow worker is up
     running.mark_serving()

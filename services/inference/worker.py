@@ -15,12 +15,14 @@ import resource
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 from services.common import errors
+from services.common.incidents import report_incident
 from services.inference import telemetry
 from services.inference.exchange import ServerTensors, WorkerTensors
 
@@ -141,18 +143,30 @@ def _call(target: Any, method: str, args: tuple[Any, ...]) -> tuple[str, Any]:
     return _outcome(lambda: getattr(target, method)(*args))
 
 
+# The kind of an unexpected error: its text is the stack, for the server's log only.
+_UNEXPECTED = "unexpected"
+
+
+class WorkerError(Exception):
+    """An unexpected error in a TensorFlow process, as logged by the server (its stack)."""
+
+
 def _outcome(run: Callable[[], Any]) -> tuple[str, Any]:
     """("ok", result) or ("error", (kind, text)): what crosses the pipe back to the server."""
     try:
         return "ok", run()
     except errors.PirmError as error:
         return "error", (type(error).__name__, str(error))
-    except Exception as error:  # noqa: BLE001 - reported to the caller, the worker lives on
-        return "error", ("PirmError", f"{type(error).__name__}: {error}")
+    except Exception:  # noqa: BLE001 - the worker lives on; the server logs it (_raise)
+        return "error", (_UNEXPECTED, traceback.format_exc())
 
 
 def _raise(kind: str, text: str) -> None:
-    """Raises in the server the domain error the worker reported."""
+    """Raises in the server the domain error the worker reported; an unexpected one becomes an
+    incident: the stack in the server's log, the caller told only its id."""
+    if kind == _UNEXPECTED:
+        raise errors.PirmError(report_incident(
+            log, "unexpected error in a TensorFlow process", WorkerError(text.rstrip())))
     cls = getattr(errors, kind, None)
     if not (isinstance(cls, type) and issubclass(cls, errors.PirmError)):
         cls = errors.PirmError

@@ -7,6 +7,7 @@ import threading
 import time
 
 from services.common.errors import Cancelled, PirmError
+from services.common.incidents import report_incident
 from services.scorer.evaluation import (
     BaselineTimings,
     Evaluation,
@@ -169,9 +170,9 @@ class JobRunner:
                 log.info("job cancelled", extra={"job_id": job.job_id})
         except PirmError as error:
             self._fail(job, str(error))
-        except Exception as error:  # noqa: BLE001 - a job fails, the runner survives
-            log.exception("job crashed", extra={"job_id": job.job_id})
-            self._fail(job, f"internal error: {error!r}")
+        except Exception:  # noqa: BLE001 - a job fails, the runner survives
+            # Teams read job errors: the detail goes to the log only.
+            self._fail(job, report_incident(log, "job crashed", job_id=job.job_id))
         else:
             if self.store.finish(job.job_id, JobState.SUCCEEDED, result=result):
                 log.info("job succeeded", extra={"job_id": job.job_id, "psnr": result.psnr,

@@ -91,7 +91,7 @@ def validate(doc: dict[str, Any]) -> None:
 def kustomize_problem() -> str | None:
     """Why overlays cannot be rendered here, or None when they can."""
     if shutil.which("kubectl") is None:
-        return "kubectl is not installed (`make setup` installs Debian's kubernetes-client)"
+        return "kubectl is not installed (`make test-tools` installs Debian's kubernetes-client)"
     output = subprocess.run(["kubectl", "version", "--client", "-o", "json"],
                             capture_output=True, text=True, check=True).stdout
     kustomize = json.loads(output).get("kustomizeVersion", "")

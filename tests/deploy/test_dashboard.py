@@ -129,7 +129,7 @@ def test_promtool_accepts_the_local_scrape_config() -> None:
     the Kubernetes config here.)"""
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("no `promtool` on PATH: `make setup` installs Debian's prometheus package")
+        pytest.skip("no `promtool` on PATH: `make test-tools` installs Debian's prometheus package")
     checked = subprocess.run([promtool, "check", "config", str(DEPLOY / "prometheus" /
                                                                "prometheus.yml")],
                              capture_output=True, text=True, timeout=60)

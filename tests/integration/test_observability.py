@@ -221,7 +221,7 @@ def test_prometheus_shows_the_job_in_the_dashboard_queries(
     prometheus: Prometheus | None, finished_job: scorer_pb2.Job
 ) -> None:
     if prometheus is None:
-        pytest.skip("no `prometheus` binary on PATH: `make setup` installs Debian's package "
+        pytest.skip("no `prometheus` binary on PATH: `make test-tools` installs Debian's package "
                     "(apt-get install prometheus)")
     queries = dashboard_queries()
     (throughput,) = queries["Throughput (images/s)"]

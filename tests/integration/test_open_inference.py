@@ -1,21 +1,27 @@
 """Standard Open Inference Protocol clients against our inference service: tritonclient, run in
-its own environment (build/client-venv) with none of our code."""
+its own environment (build/client-venv) with none of our code; readiness that says what gRPC
+health says, from start-up to drain."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inference import open_inference_pb2 as oip
 from inference import open_inference_pb2_grpc as oip_grpc
+from prometheus_client import REGISTRY
 
-from services.common.server import open_channel
+from services.cli.cluster import free_port
+from services.common.server import RunningServer, open_channel
 from services.inference.engine import EngineSettings
-from services.inference.server import create_server
+from services.inference.server import OPEN_INFERENCE_NAME, create_server
+from tests.integration.helpers import is_serving, slow_graph, wait_for
 from tests.official import run_graph
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +33,7 @@ def test_tritonclient_round_trip_of_a_real_model_from_the_repository(
     pirm_data: Path, tmp_path: Path
 ) -> None:
     if not CLIENT_PYTHON.exists():
-        pytest.skip(f"{CLIENT_PYTHON} is missing: run `make setup` to create the client venv")
+        pytest.skip(f"{CLIENT_PYTHON} is missing: run `make test-tools` to create the client venv")
     pb = pirm_data / "models_pretrained" / "dped_srcnn.pb"
     (tmp_path / "repo" / "srcnn" / "1").mkdir(parents=True)
     (tmp_path / "repo" / "srcnn" / "1" / "model.pb").symlink_to(pb)
@@ -87,3 +93,63 @@ def test_typed_contents_and_errors(tmp_path: Path) -> None:
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         running.stop(grace=0.5)
+
+
+def test_readiness_follows_the_engine_from_start_to_drain(tmp_path: Path) -> None:
+    (tmp_path / "slow" / "1").mkdir(parents=True)
+    (tmp_path / "slow" / "1" / "model.pb").write_bytes(slow_graph())
+    port = free_port()
+    started: list[RunningServer] = []
+    # create_server listens, then starts its TensorFlow worker (seconds), then says SERVING.
+    starting = threading.Thread(target=lambda: started.append(create_server(
+        f"127.0.0.1:{port}", EngineSettings(repository=tmp_path))))
+    starting.start()
+    channel = open_channel(f"127.0.0.1:{port}", 64)
+    stub = oip_grpc.GRPCInferenceServiceStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    try:
+        ready = stub.ServerReady(oip.ServerReadyRequest(), timeout=120, wait_for_ready=True)
+        status = health.Check(health_pb2.HealthCheckRequest(service=OPEN_INFERENCE_NAME),
+                              timeout=10).status
+        assert not ready.ready and status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert not stub.ModelReady(oip.ModelReadyRequest(name="slow"), timeout=10).ready
+        assert stub.ServerLive(oip.ServerLiveRequest(), timeout=10).live
+        starting.join(300)
+        (running,) = started
+        assert is_serving(channel)
+        assert stub.ServerReady(oip.ServerReadyRequest(), timeout=10).ready
+        assert stub.ModelReady(oip.ModelReadyRequest(name="slow"), timeout=300).ready
+
+        # Draining: a call in flight holds the server open, a new one is refused.
+        image = np.random.default_rng(0).random((1, 1024, 1024, 3), np.float32)
+        request = oip.ModelInferRequest(model_name="slow", inputs=[
+            oip.ModelInferRequest.InferInputTensor(name="input", datatype="FP32",
+                                                   shape=list(image.shape))],
+            raw_input_contents=[image.tobytes()])
+        answered: list[object] = []
+        infer = threading.Thread(target=lambda: answered.append(
+            stub.ModelInfer(request, timeout=300)))
+        infer.start()
+        wait_for(lambda: REGISTRY.get_sample_value("grpc_server_requests_in_flight", {
+            "grpc_type": "unary", "grpc_service": OPEN_INFERENCE_NAME,
+            "grpc_method": "ModelInfer"}) == 1, "the ModelInfer call in flight")
+        stopping = threading.Thread(target=lambda: running.stop(grace=300))
+        stopping.start()
+        wait_for(lambda: not is_serving(channel), "health turning NOT_SERVING")
+        assert not stub.ServerReady(oip.ServerReadyRequest(), timeout=10).ready
+        assert not stub.ModelReady(oip.ModelReadyRequest(name="slow"), timeout=10).ready
+        assert stub.ServerLive(oip.ServerLiveRequest(), timeout=10).live
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelMetadata(oip.ModelMetadataRequest(name="slow"), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        infer.join(300)
+        assert len(answered) == 1  # the call in flight was answered
+        stopping.join(300)
+        with pytest.raises(grpc.RpcError) as stopped:
+            stub.ServerReady(oip.ServerReadyRequest(), timeout=5)
+        assert stopped.value.code() == grpc.StatusCode.UNAVAILABLE  # nothing listens
+    finally:
+        channel.close()
+        starting.join(300)
+        for running in started:
+            running.stop(None)
