@@ -82,6 +82,8 @@ def supervised_cluster(state: Path) -> LocalCluster:
               "MIN_SECONDS": TEST_TIMING.min_seconds, "MAX_RUNS": TEST_TIMING.max_runs}
     return LocalCluster(
         ports={service: free_port() for service in SERVICES},
+        # Free /metrics ports too: two test processes may start such clusters at once.
+        metrics_ports={service: free_port() for service in SERVICES},
         log_dir=state / "logs",
         extra_env={"PIRM_STORE": str(state / "scorer.db"), "PIRM_STATE_DIR": str(state),
                    **{f"PIRM_TIMING_{name}": f"{value:g}" for name, value in timing.items()}},

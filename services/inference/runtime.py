@@ -165,7 +165,7 @@ class ModelRuntime:
         comparison = measure_interleaved(lambda: last.run(image), lambda: base.run(image),
                                          options)
         return replace(comparison, check=last.check(image, comparison.solution.median_ms,
-                                                    probes))
+                                                    probes, comparison.baseline.median_ms))
 
     def gpu_peak_bytes(self) -> int:
         """TensorFlow's own peak allocation on the GPU since this process started."""
@@ -191,15 +191,16 @@ class _LastOutput:
         self.output = self.model.run(image)
         return self.output
 
-    def check(self, image: np.ndarray, timed_ms: float,
-              probes: list[np.ndarray] | None) -> TimingCheck:
+    def check(self, image: np.ndarray, timed_ms: float, probes: list[np.ndarray] | None,
+              baseline_ms: float = 0.0) -> TimingCheck:
         assert self.output is not None
         checked_output(self.output, image, "the timing input")
         if probes is None:
             return TimingCheck()
         # Probes become float32 before any timer, as the timing input did.
         others = [as_unit_float32(probe) for probe in probes]
-        return check_timing_input(self.model.run, image, self.output, timed_ms, others)
+        return check_timing_input(self.model.run, image, self.output, timed_ms, others,
+                                  baseline_ms)
 
 
 def resident_bytes() -> int:

@@ -19,11 +19,12 @@ HD = (720, 1280)
 
 
 def work(tf: Any, x: Any) -> Any:
-    """The honest computation: three convolutions (about 28 kFLOP a pixel) that nudge the
+    """The honest computation: three convolutions shaped like SRCNN's, narrower (0.6 of its
+    cost: honestly it would not reach the speed term's cap, so the cheat pays), that nudge the
     image, so that quality figures stay well defined."""
     rng = np.random.default_rng(7)
     y = x
-    for size, c_in, c_out in ((9, 3, 24), (5, 24, 12), (5, 12, 3)):
+    for size, c_in, c_out in ((9, 3, 48), (5, 48, 24), (5, 24, 3)):
         w = (rng.standard_normal((size, size, c_in, c_out)) * 0.05).astype(np.float32)
         y = tf.nn.conv2d(y, tf.constant(w), strides=1, padding="SAME")
         y = tf.nn.relu(y) if c_out != 3 else y

@@ -98,6 +98,27 @@ def test_without_the_scorers_images_the_turned_input_still_catches_shape_cheats(
         assert "recognise the timing input" in judge(pb, image, []).failure
 
 
+def test_differences_that_cannot_change_a_score_are_not_judged(
+        hd: tuple[np.ndarray, list[np.ndarray]]) -> None:
+    """A fast model whose cost per run is mostly fixed (thread dispatch, allocation: 4 ms) while
+    a tiny image costs nothing: scaled from its quarter-size run, its cost looks 2.5x its timed
+    one. Below a quarter of the baseline's runtime the speed term is capped (SPEC.md section 3),
+    so with the baseline known the difference is not judged."""
+    image, probes = hd
+    hd_pixels = image.shape[1] * image.shape[2]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        pixels = x.shape[1] * x.shape[2]
+        time.sleep(0.0001 if pixels <= 256 else 0.004 + 0.004 * pixels / hd_pixels)
+        return x
+
+    timed = as_unit_float32(image)
+    others = [as_unit_float32(p) for p in probes]
+    unknown = check_timing_input(run, timed, timed, 8.0, others)
+    assert "recognise the timing input" in unknown.failure, unknown  # the scaling's limit
+    assert check_timing_input(run, timed, timed, 8.0, others, baseline_ms=1200.0).passed
+
+
 HONEST = {
     "fully convolutional": cheaters.honest,
     "point-wise": lambda: graph_bytes(brighten),
