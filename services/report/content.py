@@ -26,6 +26,7 @@ class BoardRow:
     score_a: float
     score_b: float
     score_c: float
+    timing_flag: str = ""  # why its timing is not trusted (--timing-check flag), if it is not
 
     @property
     def on_gpu(self) -> bool:

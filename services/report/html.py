@@ -100,7 +100,9 @@ def _board_table(rows: list[BoardRow], focus_job: str) -> str:
     header = "".join(f"<th>{escape(c)}</th>" for c in COLUMNS)
     body = []
     for r in rows:
-        cells = [str(r.rank), escape(r.team), escape(r.model_name)]
+        team = escape(r.team) + (f' <span title="{escape(r.timing_flag)}">(!)</span>'
+                                 if r.timing_flag else "")
+        cells = [str(r.rank), team, escape(r.model_name)]
         numbers = [_number(r.psnr, 3), _number(r.msssim, 4), _number(r.mos, 2),
                    _number(r.runtime_ms if not r.on_gpu else None, 1),
                    _number(r.runtime_ms if r.on_gpu else None, 1),
