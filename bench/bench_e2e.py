@@ -31,11 +31,14 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from services.cli.cluster import LocalCluster, free_port  # noqa: E402
 from services.client import ScorerClient  # noqa: E402
 from services.common.auth import Role  # noqa: E402
-from services.common.server import open_channel  # noqa: E402
-from services.common.transport import ChannelSecurity  # noqa: E402
+from services.common.cluster import LocalCluster, free_port  # noqa: E402
+from services.core.channel import (
+    ChannelSecurity,  # noqa: E402
+    open_channel,  # noqa: E402
+)
+from services.core.track import Track  # noqa: E402
 from services.scorer.jobs import inference_model_name  # noqa: E402
 from services.scorer.samples import (  # noqa: E402
     REPO_ROOT,
@@ -43,7 +46,6 @@ from services.scorer.samples import (  # noqa: E402
     make_sample_dataset,
     srcnn_graph_def,
 )
-from services.scorer.scoring import Track  # noqa: E402
 
 # Issue 5: the cluster at least 2x faster than "the challenge's own loop (in one process,
 # TensorFlow inference then TensorFlow metrics, image after image)": the quality stage.

@@ -18,10 +18,10 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from services.cli.bench import timing_images  # noqa: E402
+from services.core.timing import TimingOptions  # noqa: E402
+from services.core.track import Track  # noqa: E402
 from services.inference.engine import Engine, EngineSettings  # noqa: E402
-from services.inference.timing import TimingOptions  # noqa: E402
 from services.scorer.samples import challenge_data_dir, srcnn_graph_def  # noqa: E402
-from services.scorer.scoring import Track  # noqa: E402
 
 
 def plain_tensorflow_loop(pb: bytes, image: np.ndarray, options: TimingOptions,

@@ -46,10 +46,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pirm.v1 import scorer_pb2  # noqa: E402
 
-from services.cli.cluster import SERVICES, LocalCluster, free_port  # noqa: E402
 from services.client import FINAL_STATES, ScorerClient  # noqa: E402
+from services.common.cluster import SERVICES, LocalCluster, free_port  # noqa: E402
+from services.core.track import Track  # noqa: E402
 from services.scorer.samples import make_sample_dataset  # noqa: E402
-from services.scorer.scoring import Track  # noqa: E402
 
 SCALE, OFFSET = 0.9, 0.02  # the tiny model: clip(0.9 x + 0.02)
 PSNR_TOLERANCE = 1e-4

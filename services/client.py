@@ -19,13 +19,11 @@ from typing import Any
 import grpc
 from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
-from services.common.config import DEFAULT_MAX_MESSAGE_MB
-from services.common.server import open_channel
-from services.common.transport import ChannelSecurity
-from services.metrics.quality import PairQuality
-from services.scorer.leaderboard import EntryPolicy
-from services.scorer.scoring import Phase, Track
-from services.scorer.wire import (
+from services.core.channel import ChannelSecurity, open_channel
+from services.core.limits import DEFAULT_MAX_MESSAGE_MB
+from services.core.quality import PairQuality
+from services.core.track import EntryPolicy, Phase, Track
+from services.core.wire import (
     ENTRY_POLICY_MESSAGES,
     PHASE_MESSAGES,
     PHASES,

@@ -11,10 +11,11 @@ import grpc
 import pytest
 from pirm.v1 import inference_pb2_grpc, metrics_pb2_grpc, scorer_pb2_grpc
 
-from services.cli.cluster import SERVICES, LocalCluster, free_port
-from services.common.server import RunningServer, open_channel
+from services.common.cluster import SERVICES, LocalCluster, free_port
+from services.common.server import RunningServer
+from services.core.channel import open_channel
+from services.core.timing import TimingOptions
 from services.inference.server import create_server as create_inference
-from services.inference.timing import TimingOptions
 from services.metrics.server import create_server as create_metrics
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer

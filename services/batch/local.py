@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.batch.shard import shard_arguments
-from services.cli.cluster import SERVICES, LocalCluster, free_port, is_serving
 from services.common.auth import Role
-from services.common.errors import FailedPrecondition
+from services.common.cluster import SERVICES, LocalCluster, free_port, is_serving
+from services.core.errors import FailedPrecondition
 from services.scorer.samples import REPO_ROOT
 
 LOCAL_SCORER = "127.0.0.1:50053"

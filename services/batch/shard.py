@@ -18,10 +18,11 @@ import numpy as np
 from pirm.v1 import scorer_pb2
 
 from services.client import ScorerClient
-from services.common.config import DEFAULT_MAX_MESSAGE_MB
-from services.common.errors import FailedPrecondition, InvalidArgument
-from services.common.transport import ChannelSecurity
-from services.metrics.quality import PairQuality
+from services.core.channel import ChannelSecurity
+from services.core.errors import FailedPrecondition, InvalidArgument
+from services.core.limits import DEFAULT_MAX_MESSAGE_MB
+from services.core.quality import PairQuality
+from services.core.track import Track
 from services.scorer.clients import InferencePool, MetricsPool, call_with_retry
 from services.scorer.jobs import inference_model_name
 from services.scorer.pipeline import Stage, run_pipeline
@@ -32,7 +33,6 @@ from services.scorer.protocol import (
     prepare_quality_pixels,
     quality_items,
 )
-from services.scorer.scoring import Track
 
 log = logging.getLogger(__name__)
 

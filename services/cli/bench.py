@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from services.core.timing import DeviceTiming, Timing, TimingOptions
+from services.core.track import Track
 from services.inference.engine import Engine, EngineSettings
-from services.inference.timing import PIRM2018_IMAGES, DeviceTiming, Timing, TimingOptions
+from services.inference.timing import PIRM2018_IMAGES
 from services.scorer.protocol import crop_to_scale, downscaled_upscaled, read_rgb, to_model_input
 from services.scorer.samples import DATASET_FOLDERS, HD_SIZE, challenge_data_dir
-from services.scorer.scoring import Track
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

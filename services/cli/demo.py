@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.cli.cluster import LocalCluster, StartFailed, free_port
 from services.cli.main import follow_jobs, leaderboard_table
 from services.client import ScorerClient, leaderboard_rows
+from services.common.cluster import LocalCluster, StartFailed, free_port
+from services.core.track import Track
 from services.scorer.samples import (
     BASELINE_FILES,
     DATASET_FOLDERS,
@@ -23,7 +24,6 @@ from services.scorer.samples import (
     challenge_data_dir,
     make_sample_dataset,
 )
-from services.scorer.scoring import Track
 
 STATE = REPO_ROOT / "var"
 

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from services.cli.bench import timing_summary
-from services.common.errors import InvalidArgument
+from services.core.errors import InvalidArgument
+from services.core.timing import TimingOptions
+from services.core.track import Track
 from services.inference.engine import EngineSettings
 from services.inference.graphs import DEFAULT_INPUT, DEFAULT_OUTPUT
 from services.inference.inspection import Inspection, inspection_dict
@@ -22,10 +24,8 @@ from services.inference.mobile import (
     MobileRequest,
     inspect_in_fresh_process,
 )
-from services.inference.timing import TimingOptions
 from services.scorer.protocol import timing_input_shape
 from services.scorer.samples import HD_SIZE
-from services.scorer.scoring import Track
 
 TRACK_INPUTS = {
     Track.A: "the bicubic x4 round trip of the HD image (the same size)",

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from services.cli.cluster import local_token
 from services.common.auth import Role
+from services.common.cluster import local_token
 from services.common.config import add_channel_flags, env_default
-from services.common.errors import InvalidArgument
 from services.common.logs import setup_logging
-from services.common.transport import ChannelSecurity
-from services.scorer.scoring import Phase, ScoreInputs, Track, compute_scores
+from services.core.channel import ChannelSecurity
+from services.core.errors import InvalidArgument
+from services.core.track import Phase, Track
+from services.scorer.scoring import ScoreInputs, compute_scores
 
 if TYPE_CHECKING:
     from services.client import ScorerClient
@@ -270,7 +271,7 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from services.cli.cluster import LocalCluster, StartFailed
+    from services.common.cluster import LocalCluster, StartFailed
 
     setup_logging()
     cluster = LocalCluster(insecure_dev=args.insecure_dev)
@@ -469,7 +470,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """0 when the service would accept the model (and, with --mobile, LiteRT converted it)."""
     from services.cli.inspect_model import report_text, run_inspect
-    from services.common.errors import PirmError
+    from services.core.errors import PirmError
 
     try:
         result = run_inspect(args)
@@ -513,7 +514,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     except ApiException as error:
         print(f"pirm: Kubernetes API: {api.error_message(error)}", file=sys.stderr)
         return 2
-    from services.cli.cluster import is_serving
+    from services.common.cluster import is_serving
 
     # After failed shards the jobs still wait for images: only a complete batch is awaited.
     if outcome != "Complete" or not is_serving(spec.scorer):
@@ -529,7 +530,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def _batch_local(args: argparse.Namespace, batch_id: str, say: Callable[[str], None]) -> int:
     from services.batch.local import LocalBatch, batch_services, run_shards
-    from services.common.errors import PirmError
+    from services.core.errors import PirmError
 
     batch = LocalBatch(batch_id=batch_id, track=args.track, models=args.models, data=args.data,
                        processes=args.local, scorer=args.scorer, inference=args.inference,
@@ -614,7 +615,7 @@ def batch_bars(scorer: str, batch_id: str, security: ChannelSecurity) -> Iterato
 
 def cmd_shard(args: argparse.Namespace) -> int:
     from services.batch.shard import ShardSpec, run_shard
-    from services.common.errors import PirmError
+    from services.core.errors import PirmError
 
     setup_logging()
     spec = ShardSpec(index=args.index, shards=args.shards, track=Track(args.track),

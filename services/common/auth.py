@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from services.common.errors import InvalidArgument, PermissionDenied
+from services.core.errors import InvalidArgument, PermissionDenied
 
 MIN_TOKEN_LENGTH = 16  # shorter tokens can be guessed by a patient client
 

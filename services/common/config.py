@@ -8,9 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-MIB = 1024 * 1024
-# An HD float32 image is 1280*720*3*4 = 11 MB; full-size DIV2K images about 33 MB.
-DEFAULT_MAX_MESSAGE_MB = 64
+from services.core.limits import DEFAULT_MAX_MESSAGE_MB
 
 # gRPC handler threads: the scorer's WatchJob streams each hold one while their job runs.
 DEFAULT_WORKERS = {"inference": 8, "metrics": 8, "scorer": 64}

@@ -22,9 +22,9 @@ from services.common.auth import (
     reset_caller,
     set_caller,
 )
-from services.common.errors import PirmError, Unauthenticated, Unavailable
 from services.common.incidents import report_incident
-from services.common.transport import AUTHORIZATION, BEARER
+from services.core.channel import AUTHORIZATION, BEARER
+from services.core.errors import PirmError, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 

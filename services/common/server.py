@@ -21,14 +21,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import Role
-from services.common.config import MIB
-from services.common.errors import InvalidArgument
 from services.common.interceptors import AuthInterceptor, DrainInterceptor, ErrorInterceptor
 from services.common.telemetry import (
     GrpcMetricsInterceptor,
     initialize_grpc_metrics,
 )
-from services.common.transport import ChannelSecurity, ServerSecurity, secure
+from services.common.transport import ServerSecurity
+from services.core.channel import message_options
+from services.core.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +50,10 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas)
 
 
-def message_options(max_message_mb: int) -> list[tuple[str, int]]:
-    """Message limits for servers and channels alike: the 4 MiB default rejects HD images."""
-    limit = max_message_mb * MIB
-    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
-
-
-# A peer whose host is cut off drops packets instead of refusing them: a call to it would wait
-# for its deadline (inference: 600 s). Our channels ping every 10 s, during calls that send
-# nothing for minutes too (a timing), and close a connection whose ping is not answered within
-# 5 s, failing its calls with UNAVAILABLE; our servers accept pings that often (twice as often,
-# for timer slack), else they would answer GOAWAY "too_many_pings".
-CHANNEL_KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
-                     ("grpc.keepalive_permit_without_calls", 1),
-                     ("grpc.http2.max_pings_without_data", 0)]
+# Clients' keepalive pings (core/channel.py) accepted every 5 s (twice their rate, for timer
+# slack), with or without a call open.
 SERVER_KEEPALIVE = [("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                     ("grpc.keepalive_permit_without_calls", 1)]
-
-
-def open_channel(target: str, max_message_mb: int, security: ChannelSecurity | None = None,
-                 options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
-    """A channel with our message limits, keepalive (and further `options`), and TLS and a
-    bearer token when `security` says."""
-    return secure([*message_options(max_message_mb), *CHANNEL_KEEPALIVE, *(options or [])],
-                  target, security or ChannelSecurity())
 
 
 @dataclass(frozen=True)

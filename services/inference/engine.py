@@ -14,18 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.errors import (
+from services.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     MemoryLimitExceeded,
     NotFound,
     PirmError,
 )
-from services.common.limits import DEFAULT_MAX_MODEL_BYTES, check_model_size
-from services.inference import telemetry
-from services.inference.graphs import DEFAULT_MAX_GRAPH_NODES, GraphSpec, repository_path
-from services.inference.integrity import TINY_PX
-from services.inference.timing import (
+from services.core.limits import (
+    DEFAULT_MAX_MODEL_BYTES,
+    DEFAULT_MEMORY_LIMIT_MB,
+    MIB,
+    check_model_size,
+)
+from services.core.timing import (
     Comparison,
     DeviceTiming,
     RuntimeComparison,
@@ -33,6 +35,9 @@ from services.inference.timing import (
     TimingCheck,
     TimingOptions,
 )
+from services.inference import telemetry
+from services.inference.graphs import DEFAULT_MAX_GRAPH_NODES, GraphSpec, repository_path
+from services.inference.integrity import TINY_PX
 from services.inference.worker import (
     ModelSource,
     SpareProcess,
@@ -42,8 +47,7 @@ from services.inference.worker import (
 )
 
 DEVICES = ("cpu", "gpu")
-MIB = 1024 * 1024
-DEFAULT_MEMORY_LIMIT = 3584 * MIB  # the challenge's 3.5 GB on a 1280x720 image
+DEFAULT_MEMORY_LIMIT = DEFAULT_MEMORY_LIMIT_MB * MIB
 VET_NICE = 10
 # How long loading waits for the warm-up run (then reported ready); a slow model is not
 # waited for beyond, so a submission is answered within seconds.

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
-from services.common.errors import InvalidArgument, NotFound
-from services.common.limits import DEFAULT_MAX_MODEL_BYTES, check_model_size
+from services.core.errors import InvalidArgument, NotFound
+from services.core.limits import DEFAULT_MAX_MODEL_BYTES, check_model_size
 
 if TYPE_CHECKING:
     from tensorflow.core.framework import graph_pb2

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from services.common.errors import InvalidArgument
+from services.core.errors import InvalidArgument
 from services.inference.graphs import (
     DEFAULT_INPUT,
     DEFAULT_MAX_GRAPH_NODES,

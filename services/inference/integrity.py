@@ -37,8 +37,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from services.common.errors import InvalidArgument
-from services.inference.timing import TimingCheck, TimingProbe
+from services.core.errors import InvalidArgument
+from services.core.timing import TimingCheck, TimingProbe
 
 # A multiple of the downsampling factors of common networks (U-Nets pool by up to 32): the
 # shifted probe then sees the same pooling grid. Every probe is at most the timing input's size:

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from services.common.errors import InvalidArgument
+from services.core.errors import InvalidArgument
+from services.core.timing import Timing, TimingOptions
 from services.inference.engine import DEFAULT_MEMORY_LIMIT
 from services.inference.graphs import DEFAULT_INPUT, DEFAULT_OUTPUT, GraphSpec, parse_graph
 from services.inference.inspection import Inspection, first_line, inspect_graph
-from services.inference.timing import Timing, TimingOptions, measure_interleaved
+from services.inference.timing import measure_interleaved
 from services.inference.worker import call_in_fresh_process, cap_data_segment
 
 # Fewer runs than a scored timing: an estimate on a proxy, at least 5 runs after warm-up.

@@ -11,7 +11,7 @@ import numpy as np
 from inference import open_inference_pb2 as oip
 from inference import open_inference_pb2_grpc as oip_grpc
 
-from services.common.errors import InvalidArgument, NotFound
+from services.core.errors import InvalidArgument, NotFound
 from services.inference.engine import Engine
 from services.inference.graphs import GraphSpec
 

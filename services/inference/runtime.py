@@ -15,24 +15,12 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner is not our log
 import tensorflow as tf  # noqa: E402
 
-from services.common.errors import (  # noqa: E402
-    FailedPrecondition,
-    InvalidArgument,
-    MemoryLimitExceeded,
-    NotFound,
-)
-from services.common.tensors import as_unit_float32  # noqa: E402
+from services.core.errors import FailedPrecondition, InvalidArgument, MemoryLimitExceeded, NotFound
+from services.core.tensors import as_unit_float32  # noqa: E402
+from services.core.timing import Comparison, Timing, TimingCheck, TimingOptions
 from services.inference.graphs import GraphSpec, parse_graph  # noqa: E402
 from services.inference.integrity import check_timing_input, checked_output  # noqa: E402
-from services.inference.timing import (  # noqa: E402
-    Comparison,
-    Timing,
-    TimingCheck,
-    TimingOptions,
-    measure,
-    measure_interleaved,
-    measure_pirm2018,
-)
+from services.inference.timing import measure, measure_interleaved, measure_pirm2018
 
 if TYPE_CHECKING:
     from services.inference.worker import RunClock

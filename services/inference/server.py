@@ -11,7 +11,7 @@ from inference import open_inference_pb2_grpc as oip_grpc
 from pirm.v1 import inference_pb2, inference_pb2_grpc
 
 from services.common.auth import INTERNAL_ONLY
-from services.common.config import MIB, add_server_flags, env_default
+from services.common.config import add_server_flags, env_default
 from services.common.logs import setup_logging
 from services.common.server import (
     ConnectionAge,
@@ -20,11 +20,10 @@ from services.common.server import (
     serve_until_signalled,
     server_security,
 )
-from services.common.server import (
-    create_server as create_grpc_server,
-)
+from services.common.server import create_server as create_grpc_server
 from services.common.telemetry import start_metrics_endpoint
 from services.common.transport import ServerSecurity
+from services.core.limits import MIB
 from services.inference import telemetry
 from services.inference.engine import DEFAULT_MAX_RUN_S, Engine, EngineSettings
 from services.inference.graphs import DEFAULT_MAX_GRAPH_NODES

@@ -7,12 +7,11 @@ import threading
 import grpc
 from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
-from services.common.errors import InvalidArgument
-from services.common.messages import timing_to_proto
-from services.common.tensors import from_tensor, to_tensor
+from services.core.errors import InvalidArgument
+from services.core.tensors import from_tensor, to_tensor
+from services.core.wire import timing_options, timing_to_proto
 from services.inference.engine import Engine
 from services.inference.graphs import GraphSpec
-from services.inference.timing import TimingOptions
 
 WORK_STARTED = ("pirm-work", "started")  # the scorer's clients.py reads it
 _DEVICES = {common_pb2.DEVICE_UNSPECIFIED: "", common_pb2.DEVICE_CPU: "cpu",
@@ -28,17 +27,6 @@ def model_info(spec: GraphSpec) -> inference_pb2.ModelInfo:
         output_tensor=spec.output_tensor,
         node_count=spec.node_count,
         ops=list(spec.ops),
-    )
-
-
-def timing_options(message: inference_pb2.TimingOptions) -> TimingOptions:
-    """Zero fields keep the service defaults."""
-    defaults = TimingOptions()
-    return TimingOptions(
-        warmup_runs=message.warmup_runs or defaults.warmup_runs,
-        min_runs=message.min_runs or defaults.min_runs,
-        min_seconds=message.min_seconds or defaults.min_seconds,
-        max_runs=message.max_runs or max(defaults.max_runs, message.min_runs),
     )
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from services.common import errors
 from services.common.incidents import report_incident
+from services.core import errors
 from services.inference import telemetry
 from services.inference.exchange import ServerTensors, WorkerTensors
 

@@ -22,12 +22,18 @@ import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 
-from services.common.errors import InvalidArgument
+from services.core.errors import InvalidArgument
+from services.core.quality import (
+    Channel,
+    Flavor,
+    NegativePolicy,
+    PairQuality,
+    QualityOptions,
+    SmallPolicy,
+)
 from services.metrics import kernels, telemetry
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -45,27 +51,6 @@ _THREADS = os.cpu_count() or 1
 _POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="ssim-band")
 # Pairs of a batch run concurrently on their own pool (a pair may use _POOL for its bands).
 _BATCH_POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="ssim-pair")
-
-
-class Flavor(StrEnum):
-    TF = "tf"
-    NUMPY = "numpy"
-
-
-class Channel(StrEnum):
-    RGB = "rgb"
-    Y = "y"
-
-
-class NegativePolicy(StrEnum):
-    RELU = "relu"  # tf.image.ssim_multiscale: clamp at 0
-    NAN = "nan"  # the NumPy code: a negative base to a fractional power is NaN
-    ERROR = "error"
-
-
-class SmallPolicy(StrEnum):
-    ERROR = "error"  # tf: every scale must hold the 11x11 filter
-    SHRINK_WINDOW = "shrink_window"  # numpy: the window shrinks to the image, sigma with it
 
 
 DEFAULTS = {
@@ -313,29 +298,6 @@ def _tf_metric(name: str, a: np.ndarray, b: np.ndarray, max_val: float) -> float
     except tf.errors.InvalidArgumentError as error:
         raise InvalidArgument(f"tf.image.{name}: {error.message.splitlines()[0]}") from error
     return float(value.numpy())
-
-
-@dataclass(frozen=True)
-class QualityOptions:
-    """How a pair is prepared and measured: the track protocols of SPEC.md section 2, plus the
-    variants papers report."""
-
-    crop_border: int = 0
-    clip_psnr_input: bool = True
-    clip_msssim_input: bool = True
-    flavor: Flavor = Flavor.TF
-    channel: Channel = Channel.RGB
-    negative: NegativePolicy | None = None  # None: the flavour's own habit
-    small: SmallPolicy | None = None
-    tf_compat: bool = False
-    with_ssim: bool = False  # also single-scale SSIM (on the MS-SSIM input)
-
-
-@dataclass(frozen=True)
-class PairQuality:
-    psnr: float
-    msssim: float
-    ssim: float | None = None
 
 
 def evaluate_pair(output: np.ndarray, target: np.ndarray, options: QualityOptions) -> PairQuality:

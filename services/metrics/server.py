@@ -16,9 +16,7 @@ from services.common.server import (
     serve_until_signalled,
     server_security,
 )
-from services.common.server import (
-    create_server as create_grpc_server,
-)
+from services.common.server import create_server as create_grpc_server
 from services.common.telemetry import start_metrics_endpoint
 from services.common.transport import ServerSecurity
 from services.metrics import telemetry

@@ -8,49 +8,13 @@ import grpc
 import numpy as np
 from pirm.v1 import metrics_pb2, metrics_pb2_grpc
 
-from services.common.errors import InvalidArgument
-from services.common.tensors import as_unit_float32, from_tensor
-from services.metrics.quality import (
-    Channel,
-    Flavor,
-    NegativePolicy,
+from services.core.errors import InvalidArgument
+from services.core.quality import (
     PairQuality,
-    QualityOptions,
-    SmallPolicy,
-    evaluate_batch,
-    evaluate_pair,
 )
-
-_FLAVORS = {
-    metrics_pb2.MSSSIM_FLAVOR_UNSPECIFIED: Flavor.TF,
-    metrics_pb2.MSSSIM_FLAVOR_TF: Flavor.TF,
-    metrics_pb2.MSSSIM_FLAVOR_NUMPY: Flavor.NUMPY,
-}
-FLAVOR_MESSAGES = {Flavor.TF: metrics_pb2.MSSSIM_FLAVOR_TF,
-                   Flavor.NUMPY: metrics_pb2.MSSSIM_FLAVOR_NUMPY}
-_CHANNELS = {metrics_pb2.CHANNEL_UNSPECIFIED: Channel.RGB, metrics_pb2.CHANNEL_RGB: Channel.RGB,
-             metrics_pb2.CHANNEL_Y: Channel.Y}
-_NEGATIVE = {metrics_pb2.NEGATIVE_POLICY_UNSPECIFIED: None,
-             metrics_pb2.NEGATIVE_POLICY_RELU: NegativePolicy.RELU,
-             metrics_pb2.NEGATIVE_POLICY_NAN: NegativePolicy.NAN,
-             metrics_pb2.NEGATIVE_POLICY_ERROR: NegativePolicy.ERROR}
-_SMALL = {metrics_pb2.SMALL_POLICY_UNSPECIFIED: None,
-          metrics_pb2.SMALL_POLICY_ERROR: SmallPolicy.ERROR,
-          metrics_pb2.SMALL_POLICY_SHRINK_WINDOW: SmallPolicy.SHRINK_WINDOW}
-
-
-def quality_options(message: metrics_pb2.QualityOptions) -> QualityOptions:
-    return QualityOptions(
-        crop_border=message.crop_border,
-        clip_psnr_input=message.clip_psnr_input,
-        clip_msssim_input=message.clip_msssim_input,
-        flavor=_FLAVORS.get(message.msssim_flavor, Flavor.TF),
-        channel=_CHANNELS.get(message.channel, Channel.RGB),
-        negative=_NEGATIVE.get(message.negative_contrast),
-        small=_SMALL.get(message.small_images),
-        tf_compat=message.tf_compat,
-        with_ssim=message.with_ssim,
-    )
+from services.core.tensors import as_unit_float32, from_tensor
+from services.core.wire import quality_options
+from services.metrics.quality import evaluate_batch, evaluate_pair
 
 
 def pair_of(request: metrics_pb2.EvaluateRequest) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.errors import FailedPrecondition
+from services.core.errors import FailedPrecondition
 from services.reference.networks import REFERENCES, Reference, build
 
 # The frozen graph must give the checkpoint's outputs to this (SPEC.md section 8, issue 17).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from services.client import ScorerClient, job_summary, leaderboard_rows
+from services.core.track import Phase, Track
 from services.report.content import (
     BoardRow,
     CropSet,
@@ -13,7 +14,7 @@ from services.report.content import (
     ReportContent,
     best_and_worst,
 )
-from services.scorer.scoring import TRACKS, Phase, Track
+from services.scorer.scoring import TRACKS
 
 # Jobs whose per-image distribution a track report shows (the top of the board).
 MAX_DISTRIBUTIONS = 12

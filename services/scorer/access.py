@@ -5,7 +5,7 @@ report shard results. Leaderboards are public to every authenticated caller."""
 from __future__ import annotations
 
 from services.common.auth import Principal, Role, require_role
-from services.common.errors import NotFound, PermissionDenied
+from services.core.errors import NotFound, PermissionDenied
 from services.scorer.jobs import Job
 
 STAFF = (Role.ORGANISER, Role.INTERNAL)

@@ -27,14 +27,12 @@ import grpc
 import numpy as np
 from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc, metrics_pb2, metrics_pb2_grpc
 
-from services.common import errors
-from services.common.messages import timing_from_proto
-from services.common.server import open_channel
-from services.common.tensors import from_tensor, to_tensor
-from services.common.transport import ChannelSecurity
-from services.inference.timing import DeviceTiming, RuntimeComparison, TimingOptions
-from services.metrics.quality import PairQuality, QualityOptions
-from services.metrics.servicer import FLAVOR_MESSAGES
+from services.core import errors
+from services.core.channel import ChannelSecurity, open_channel
+from services.core.quality import PairQuality, QualityOptions
+from services.core.tensors import from_tensor, to_tensor
+from services.core.timing import DeviceTiming, RuntimeComparison, TimingOptions
+from services.core.wire import quality_options_message, timing_from_proto, timing_options_message
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -165,10 +163,7 @@ class InferenceClient:
             baseline_model=baseline,
             input=to_tensor(image),
             device=common_pb2.DEVICE_UNSPECIFIED,
-            options=inference_pb2.TimingOptions(
-                warmup_runs=options.warmup_runs, min_runs=options.min_runs,
-                min_seconds=options.min_seconds, max_runs=options.max_runs,
-            ),
+            options=timing_options_message(options),
             measure_memory=measure_memory,
             check_timing_input=probes is not None,
             probes=[to_tensor(probe) for probe in probes or ()],
@@ -213,12 +208,7 @@ class MetricsClient:
         request = metrics_pb2.EvaluateRequest(
             output=to_tensor(output),
             target=to_tensor(target),
-            options=metrics_pb2.QualityOptions(
-                crop_border=options.crop_border,
-                clip_psnr_input=options.clip_psnr_input,
-                clip_msssim_input=options.clip_msssim_input,
-                msssim_flavor=FLAVOR_MESSAGES[options.flavor],
-            ),
+            options=quality_options_message(options),
         )
         response = call_with_retry(
             "metrics", lambda: self._stub.Evaluate(request, timeout=self._deadline),

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from services.common.errors import InvalidArgument
-from services.metrics.quality import PairQuality
+from services.core.errors import InvalidArgument
+from services.core.quality import PairQuality
 from services.scorer.evaluation import InferenceBackend, load_job_model
 from services.scorer.jobs import Job
 from services.scorer.protocol import natural_key, prepare_quality_pair, quality_items

@@ -16,9 +16,10 @@ from typing import Protocol
 
 import numpy as np
 
-from services.common.errors import Cancelled, FailedPrecondition, InvalidArgument
-from services.inference.timing import DeviceTiming, RuntimeComparison, TimingOptions
-from services.metrics.quality import PairQuality, QualityOptions
+from services.core.errors import Cancelled, FailedPrecondition, InvalidArgument
+from services.core.quality import PairQuality, QualityOptions
+from services.core.timing import DeviceTiming, RuntimeComparison, TimingOptions
+from services.core.track import Phase, Track
 from services.scorer.jobs import Job, JobResult, JobSpec
 from services.scorer.pipeline import Stage, StageClock, run_pipeline
 from services.scorer.protocol import (
@@ -33,11 +34,9 @@ from services.scorer.protocol import (
 from services.scorer.scoring import (
     KAPPA,
     UNSCORED,
-    Phase,
     ScoreConstants,
     ScoreInputs,
     Scores,
-    Track,
     compute_scores,
     score_constants,
 )

@@ -6,11 +6,12 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-from services.inference.timing import DeviceTiming, Timing, TimingCheck, TimingProbe
-from services.scorer.scoring import Phase, ScoreConstants, Scores, Track
+from services.core.jobs import JobState
+from services.core.timing import DeviceTiming, Timing, TimingCheck, TimingProbe
+from services.core.track import Phase, Track
+from services.scorer.scoring import ScoreConstants, Scores
 
 # The progress stage of a sharded job until every image has been reported.
 SHARDS_STAGE = "shards"
@@ -20,18 +21,6 @@ def inference_model_name(model_sha256: str) -> str:
     """A model's name on the inference service: by content, so that the same bytes submitted
     twice, or loaded by the scorer and by batch shards, are loaded once."""
     return f"sha256-{model_sha256[:16]}"
-
-
-class JobState(StrEnum):
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def final(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass(frozen=True)

@@ -4,17 +4,10 @@ B or C. Which result stands for a team is the board's policy: its best, or its l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
-from services.scorer.jobs import Job, JobResult, JobState
-from services.scorer.scoring import Phase, Track
-
-RANKINGS = ("a", "b", "c")
-
-
-class EntryPolicy(StrEnum):
-    BEST = "best"
-    LATEST = "latest"
+from services.core.jobs import JobState
+from services.core.track import RANKINGS, EntryPolicy, Phase, Track
+from services.scorer.jobs import Job, JobResult
 
 
 @dataclass(frozen=True)

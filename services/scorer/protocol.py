@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from services.common.errors import InvalidArgument
-from services.common.tensors import as_unit_float32
-from services.metrics.quality import Flavor, PairQuality, QualityOptions
-from services.scorer.scoring import Track
+from services.core.errors import InvalidArgument
+from services.core.quality import Flavor, PairQuality, QualityOptions
+from services.core.tensors import as_unit_float32
+from services.core.track import Track
 
 SCALE = 4  # track A: x4 super-resolution
 BORDER = 16  # track A: pixels cropped from each side before measuring

@@ -6,8 +6,10 @@ import logging
 import threading
 import time
 
-from services.common.errors import Cancelled, PirmError
 from services.common.incidents import report_incident
+from services.core.errors import Cancelled, PirmError
+from services.core.jobs import JobState
+from services.core.track import Track
 from services.scorer.evaluation import (
     BaselineTimings,
     Evaluation,
@@ -17,8 +19,7 @@ from services.scorer.evaluation import (
     MetricsBackend,
     baseline_name,
 )
-from services.scorer.jobs import Job, JobState, inference_model_name
-from services.scorer.scoring import Track
+from services.scorer.jobs import Job, inference_model_name
 from services.scorer.store import JobStore
 from services.scorer.telemetry import job_finished
 

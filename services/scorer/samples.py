@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from services.scorer.scoring import Track
+from services.core.track import Track
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASELINE_FILES = {Track.A: "div2k_srcnn.pb", Track.B: "dped_srcnn.pb"}

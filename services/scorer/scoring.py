@@ -10,19 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import StrEnum
 
-from services.common.errors import InvalidArgument
-
-
-class Track(StrEnum):
-    A = "A"  # super-resolution x4
-    B = "B"  # iPhone-to-DSLR enhancement
-
-
-class Phase(StrEnum):
-    VALIDATION = "validation"
-    FINAL = "final"
+from services.core.errors import InvalidArgument
+from services.core.track import Phase, Track
 
 
 @dataclass(frozen=True)

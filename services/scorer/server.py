@@ -11,8 +11,7 @@ from pathlib import Path
 from pirm.v1 import scorer_pb2, scorer_pb2_grpc
 
 from services.common.auth import Role
-from services.common.config import MIB, add_channel_flags, add_server_flags, env_default
-from services.common.errors import InvalidArgument
+from services.common.config import add_channel_flags, add_server_flags, env_default
 from services.common.logs import setup_logging
 from services.common.server import (
     ConnectionAge,
@@ -21,18 +20,20 @@ from services.common.server import (
     serve_until_signalled,
     server_security,
 )
-from services.common.server import (
-    create_server as create_grpc_server,
-)
+from services.common.server import create_server as create_grpc_server
 from services.common.telemetry import start_metrics_endpoint
-from services.common.transport import ChannelSecurity, ServerSecurity
-from services.inference.timing import TimingOptions
+from services.common.transport import ServerSecurity
+from services.core.channel import ChannelSecurity
+from services.core.errors import InvalidArgument
+from services.core.limits import DEFAULT_MAX_MODEL_BYTES, MIB
+from services.core.timing import TimingOptions
+from services.core.track import Track
 from services.scorer import telemetry
 from services.scorer.clients import InferencePool, MetricsPool
 from services.scorer.evaluation import EvaluationSettings
 from services.scorer.runner import JobRunner
 from services.scorer.samples import baseline_graph
-from services.scorer.scoring import KAPPA, Track
+from services.scorer.scoring import KAPPA
 from services.scorer.servicer import ScorerServicer
 from services.scorer.store import JobStore, QueueLimits
 
@@ -59,7 +60,7 @@ class ScorerConfig:
     timing_check: str = "fail"
     kappa: float = KAPPA
     mos_ref: dict[Track, float] = field(default_factory=dict)
-    max_model_bytes: int = 100 * MIB
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
     max_message_mb: int = 64
     security: ServerSecurity | None = None  # None: no authentication, loopback only
     backends: ChannelSecurity = field(default_factory=ChannelSecurity)  # to inference, metrics

@@ -12,37 +12,32 @@ import grpc
 from pirm.v1 import scorer_pb2, scorer_pb2_grpc
 
 from services.common.auth import caller
-from services.common.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    ResourceExhausted,
-    Unavailable,
-)
-from services.common.limits import check_model_size, confined_path
-from services.metrics.quality import PairQuality
-from services.scorer.access import check_staff, check_visible, submitting_team, visible_team
-from services.scorer.crops import image_crops, job_images
-from services.scorer.evaluation import InferenceBackend, rescored
-from services.scorer.jobs import Job, JobSpec, JobState
-from services.scorer.leaderboard import leaderboard
-from services.scorer.protocol import quality_items, timing_image_path
-from services.scorer.runner import JobRunner
-from services.scorer.scoring import TRACKS as TRACK_CONSTANTS
-from services.scorer.scoring import Phase
-from services.scorer.shards import record_image_results
-from services.scorer.store import JobStore, QueueLimits
-from services.scorer.telemetry import job_submitted
-from services.scorer.wire import (
+from services.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from services.core.jobs import JobState
+from services.core.limits import check_model_size, confined_path
+from services.core.quality import PairQuality
+from services.core.track import Phase
+from services.core.wire import (
     ENTRY_POLICIES,
     ENTRY_POLICY_MESSAGES,
     PHASE_MESSAGES,
     PHASES,
     RANK_BY,
     TRACKS,
-    job_message,
-    leaderboard_entry_message,
     track_of,
 )
+from services.scorer.access import check_staff, check_visible, submitting_team, visible_team
+from services.scorer.crops import image_crops, job_images
+from services.scorer.evaluation import InferenceBackend, rescored
+from services.scorer.jobs import Job, JobSpec
+from services.scorer.leaderboard import leaderboard
+from services.scorer.protocol import quality_items, timing_image_path
+from services.scorer.runner import JobRunner
+from services.scorer.scoring import TRACKS as TRACK_CONSTANTS
+from services.scorer.shards import record_image_results
+from services.scorer.store import JobStore, QueueLimits
+from services.scorer.telemetry import job_submitted
+from services.scorer.wire import job_message, leaderboard_entry_message
 
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):

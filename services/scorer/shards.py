@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.common.errors import FailedPrecondition, InvalidArgument
-from services.metrics.quality import PairQuality
-from services.scorer.jobs import Job, JobState
+from services.core.errors import FailedPrecondition, InvalidArgument
+from services.core.jobs import JobState
+from services.core.quality import PairQuality
+from services.scorer.jobs import Job
 from services.scorer.protocol import check_defined, quality_items
 from services.scorer.store import JobStore
 

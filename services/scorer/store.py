@@ -16,10 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
-from services.metrics.quality import PairQuality
-from services.scorer.jobs import SHARDS_STAGE, Job, JobResult, JobSpec, JobState
-from services.scorer.scoring import Phase, Track
+from services.core.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from services.core.jobs import JobState
+from services.core.quality import PairQuality
+from services.core.track import Phase, Track
+from services.scorer.jobs import SHARDS_STAGE, Job, JobResult, JobSpec
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (

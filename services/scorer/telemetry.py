@@ -14,8 +14,9 @@ from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.scorer.jobs import Job, JobState
-from services.scorer.scoring import Track
+from services.core.jobs import JobState
+from services.core.track import Track
+from services.scorer.jobs import Job
 
 TRACKS = tuple(track.value for track in Track)
 FINAL_STATES = tuple(state.value for state in JobState if state.final)

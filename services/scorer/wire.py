@@ -3,43 +3,12 @@
 from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from pirm.v1 import common_pb2, scorer_pb2
+from pirm.v1 import scorer_pb2
 
-from services.common.errors import InvalidArgument
-from services.common.messages import timing_to_proto
-from services.scorer.jobs import Job, JobState
-from services.scorer.leaderboard import Entry, EntryPolicy
-from services.scorer.scoring import Phase, Scores, Track
-
-TRACKS: dict[common_pb2.Track.ValueType, Track] = {
-    common_pb2.TRACK_A: Track.A, common_pb2.TRACK_B: Track.B
-}
-TRACK_MESSAGES = {v: k for k, v in TRACKS.items()}
-PHASES: dict[common_pb2.Phase.ValueType, Phase] = {
-    common_pb2.PHASE_UNSPECIFIED: Phase.VALIDATION,
-    common_pb2.PHASE_VALIDATION: Phase.VALIDATION,
-    common_pb2.PHASE_FINAL: Phase.FINAL,
-}
-PHASE_MESSAGES = {Phase.VALIDATION: common_pb2.PHASE_VALIDATION,
-                  Phase.FINAL: common_pb2.PHASE_FINAL}
-RANK_BY = {scorer_pb2.RANK_BY_UNSPECIFIED: "a", scorer_pb2.RANK_BY_SCORE_A: "a",
-           scorer_pb2.RANK_BY_SCORE_B: "b", scorer_pb2.RANK_BY_SCORE_C: "c"}
-RANK_BY_MESSAGES = {"a": scorer_pb2.RANK_BY_SCORE_A, "b": scorer_pb2.RANK_BY_SCORE_B,
-                    "c": scorer_pb2.RANK_BY_SCORE_C}
-ENTRY_POLICIES = {
-    scorer_pb2.ENTRY_POLICY_UNSPECIFIED: EntryPolicy.BEST,
-    scorer_pb2.ENTRY_POLICY_BEST: EntryPolicy.BEST,
-    scorer_pb2.ENTRY_POLICY_LATEST: EntryPolicy.LATEST,
-}
-ENTRY_POLICY_MESSAGES = {EntryPolicy.BEST: scorer_pb2.ENTRY_POLICY_BEST,
-                         EntryPolicy.LATEST: scorer_pb2.ENTRY_POLICY_LATEST}
-STATES = {state: scorer_pb2.JobState.Value(f"JOB_STATE_{state.value}") for state in JobState}
-
-
-def track_of(message: common_pb2.Track.ValueType) -> Track:
-    if message not in TRACKS:
-        raise InvalidArgument("choose track A (super-resolution) or B (enhancement)")
-    return TRACKS[message]
+from services.core.wire import PHASE_MESSAGES, STATES, TRACK_MESSAGES, timing_to_proto
+from services.scorer.jobs import Job
+from services.scorer.leaderboard import Entry
+from services.scorer.scoring import Scores
 
 
 def _timestamp(seconds: float | None) -> Timestamp | None:

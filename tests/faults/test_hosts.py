@@ -28,15 +28,15 @@ import numpy as np
 import pytest
 from pirm.v1 import scorer_pb2
 
-from services.cli.cluster import free_port, wait_serving
 from services.client import ScorerClient
 from services.common.auth import Role, token_of, write_tokens_file
+from services.common.cluster import free_port, wait_serving
 from services.common.supervision import SUPERVISOR_PID
-from services.metrics.quality import QualityOptions
+from services.core.quality import QualityOptions
+from services.core.track import Track
 from services.metrics.server import create_server as create_metrics
 from services.scorer.clients import DOWN_FOR_S, MetricsPool
 from services.scorer.samples import make_sample_dataset
-from services.scorer.scoring import Track
 from tests.cluster import TEST_TIMING
 from tests.integration.helpers import graph_bytes, scrape, total, wait_for
 from tests.official import track_b_figures

@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 
+from services.core.timing import TimingOptions
 from services.inference.engine import EngineSettings
 from services.inference.server import create_server as create_inference
-from services.inference.timing import TimingOptions
 from services.scorer.clients import InferenceClient
 from tests.integration.helpers import slow_graph
 

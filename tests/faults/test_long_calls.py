@@ -18,11 +18,11 @@ from prometheus_client import REGISTRY
 from services.cli.main import main
 from services.client import ScorerClient
 from services.common.server import ConnectionAge, RunningServer
+from services.core.timing import TimingOptions
+from services.core.track import Track
 from services.inference.server import create_server as create_inference
-from services.inference.timing import TimingOptions
 from services.metrics.server import create_server as create_metrics
 from services.scorer.samples import make_sample_dataset
-from services.scorer.scoring import Track
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from tests.integration.conftest import brighten

@@ -23,12 +23,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from pirm.v1 import inference_pb2, inference_pb2_grpc, scorer_pb2
 
-from services.cli.cluster import free_port, wait_serving
 from services.client import ScorerClient
-from services.common.server import open_channel
-from services.common.tensors import from_tensor, to_tensor
+from services.common.cluster import free_port, wait_serving
+from services.core.channel import open_channel
+from services.core.tensors import from_tensor, to_tensor
+from services.core.track import Track
 from services.scorer.samples import make_sample_dataset
-from services.scorer.scoring import Track
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from tests.cluster import TEST_TIMING, Cluster, supervised_cluster

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import Unavailable
+from services.core.errors import Unavailable
+from services.core.track import Phase, Track
 from services.scorer.jobs import JobSpec
-from services.scorer.scoring import Phase, Track
 from services.scorer.store import JobStore
 
 MODEL = b"\x0a\x05input" + bytes(range(256)) * 4096  # 1 MiB, more than the full store holds

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from services.core.track import Track
 from services.scorer.samples import make_sample_dataset
-from services.scorer.scoring import Track
 from tests.cluster import TEST_TIMING, Cluster, start_scorer
 from tests.conftest import REPO
 from tests.integration.helpers import graph_bytes

@@ -14,8 +14,7 @@ from pirm.v1 import scorer_pb2, scorer_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.client import FINAL_STATES
-from services.common.server import open_channel
-from services.common.transport import ChannelSecurity
+from services.core.channel import ChannelSecurity, open_channel
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 

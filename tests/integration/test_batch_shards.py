@@ -16,8 +16,8 @@ from PIL import Image
 from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
 from services.batch.shard import ShardSpec, run_shard
+from services.core.track import Track
 from services.scorer.samples import make_sample_dataset, srcnn_graph_def
-from services.scorer.scoring import Track
 from tests.integration.conftest import Cluster
 from tests.integration.helpers import graph_bytes, wait_job
 from tests.official import track_b_figures

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.cli.cluster import free_port, wait_serving
+from services.common.cluster import free_port, wait_serving
 from tests.integration.helpers import is_serving
 from tests.reference import msssim_numpy_ref, msssim_tf_ref, psnr_ref
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from pirm.v1 import inference_pb2, inference_pb2_grpc
 
-from services.common.server import RunningServer, open_channel
-from services.common.tensors import from_tensor, to_tensor
+from services.common.server import RunningServer
+from services.core.channel import open_channel
+from services.core.tensors import from_tensor, to_tensor
 from services.inference import telemetry
 from services.inference.engine import EngineSettings
 from services.inference.server import create_server

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from pirm.v1 import metrics_pb2, metrics_pb2_grpc
 
-from services.common.tensors import to_tensor
+from services.core.tensors import to_tensor
 from tests.reference import msssim_numpy_ref, msssim_tf_ref, psnr_ref, track_a_input_ref
 
 Stub = metrics_pb2_grpc.MetricsServiceStub

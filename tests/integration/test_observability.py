@@ -20,11 +20,10 @@ import pytest
 import yaml
 from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
-from services.cli.cluster import SERVICES, LocalCluster, free_port
-from services.common.server import open_channel
-from services.common.transport import ChannelSecurity
+from services.common.cluster import SERVICES, LocalCluster, free_port
+from services.core.channel import ChannelSecurity, open_channel
+from services.core.track import Track
 from services.scorer.samples import REPO_ROOT, make_sample_dataset
-from services.scorer.scoring import Track
 from tests.integration.helpers import graph_bytes, scrape, total, wait_job
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "pirm.json"

@@ -17,8 +17,9 @@ from inference import open_inference_pb2 as oip
 from inference import open_inference_pb2_grpc as oip_grpc
 from prometheus_client import REGISTRY
 
-from services.cli.cluster import free_port
-from services.common.server import RunningServer, open_channel
+from services.common.cluster import free_port
+from services.common.server import RunningServer
+from services.core.channel import open_channel
 from services.inference.engine import EngineSettings
 from services.inference.server import OPEN_INFERENCE_NAME, create_server
 from tests.integration.helpers import is_serving, slow_graph, wait_for

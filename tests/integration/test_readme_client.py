@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 
+from services.core.track import Track
 from services.scorer.protocol import prepare_quality_pair, quality_items
-from services.scorer.scoring import Track
 from tests.integration.conftest import FinishedJob
 from tests.reference import psnr_ref
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 from services.cli.main import main
 from services.client import ScorerClient
+from services.core.track import Track
 from services.scorer.protocol import prepare_quality_pair, quality_items
-from services.scorer.scoring import Track
 from tests.cluster import Cluster
 from tests.integration.conftest import FinishedJob
 from tests.reference import msssim_numpy_ref, psnr_ref

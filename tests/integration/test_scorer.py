@@ -13,8 +13,8 @@ import grpc
 import pytest
 from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
+from services.core.track import Track
 from services.scorer.samples import make_sample_dataset, srcnn_graph_def
-from services.scorer.scoring import Track
 from tests.integration.conftest import Cluster
 from tests.integration.helpers import graph_bytes, is_serving, wait_job
 from tests.official import ImageFigures, track_a_figures, track_b_figures

@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 
-from services.cli.cluster import free_port, is_serving
 from services.client import ScorerClient
-from services.common.server import RunningServer, open_channel
-from services.common.tensors import to_tensor
+from services.common.cluster import free_port, is_serving
+from services.common.server import RunningServer
+from services.core.channel import open_channel
+from services.core.tensors import to_tensor
+from services.core.timing import TimingOptions
+from services.core.track import Track
 from services.inference.server import create_server as create_inference
-from services.inference.timing import TimingOptions
 from services.metrics.server import create_server as create_metrics
 from services.scorer.samples import make_sample_dataset, srcnn_graph_def
-from services.scorer.scoring import Track
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from services.scorer.store import QueueLimits

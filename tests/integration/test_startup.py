@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import cluster as local
-from services.cli.cluster import SERVICES, STARTING, StartFailed, is_serving
+from services.common import cluster as local
+from services.common.cluster import SERVICES, STARTING, StartFailed, is_serving
 from tests.cluster import supervised_cluster
 
 SERVING = re.compile(r"^  (\w+): serving after (\d+) s$")

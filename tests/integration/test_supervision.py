@@ -13,11 +13,11 @@ from pathlib import Path
 
 from pirm.v1 import scorer_pb2
 
-from services.cli.cluster import free_port, wait_serving
 from services.client import ScorerClient
 from services.common.auth import Role
+from services.common.cluster import free_port, wait_serving
+from services.core.track import Track
 from services.scorer.samples import make_sample_dataset
-from services.scorer.scoring import Track
 from tests.cluster import supervised_cluster
 from tests.integration.helpers import inferences_of, slow_graph, wait_for
 

@@ -22,14 +22,15 @@ from pirm.v1 import common_pb2, metrics_pb2, metrics_pb2_grpc, scorer_pb2, score
 
 from services.common.auth import INTERNAL_ONLY, Principal, Role, Tokens, load_tokens
 from services.common.config import add_server_flags
-from services.common.errors import InvalidArgument
-from services.common.server import RunningServer, open_channel, server_security
-from services.common.tensors import to_tensor
-from services.common.transport import ChannelSecurity, ServerSecurity, ServerTls
+from services.common.server import RunningServer, server_security
+from services.common.transport import ServerSecurity, ServerTls
+from services.core.channel import ChannelSecurity, open_channel
+from services.core.errors import InvalidArgument
+from services.core.tensors import to_tensor
+from services.core.track import Track
 from services.inference.server import create_server as create_inference
 from services.metrics.server import create_server as create_metrics
 from services.scorer.samples import make_sample_dataset, srcnn_graph_def
-from services.scorer.scoring import Track
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from tests.cluster import TEST_TIMING

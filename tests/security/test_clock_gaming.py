@@ -15,16 +15,16 @@ import pytest
 from pirm.v1 import scorer_pb2
 
 from services.client import ScorerClient, leaderboard_rows
-from services.common.errors import InvalidArgument
 from services.common.server import RunningServer
-from services.common.tensors import as_unit_float32
+from services.core.errors import InvalidArgument
+from services.core.tensors import as_unit_float32
+from services.core.timing import TimingCheck
+from services.core.track import Track
 from services.inference.integrity import CONSISTENT_DB, check_timing_input
-from services.inference.timing import TimingCheck
 from services.reference.freeze import freeze
 from services.reference.networks import REFERENCES
 from services.scorer.protocol import timing_input, timing_probes
 from services.scorer.samples import make_sample_dataset, srcnn_graph_def
-from services.scorer.scoring import Track
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from tests.cluster import TEST_TIMING, Cluster

@@ -9,11 +9,11 @@ import grpc
 import pytest
 from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
-from services.common.errors import InvalidArgument
-from services.common.limits import confined_path
-from services.common.server import open_channel
+from services.core.channel import open_channel
+from services.core.errors import InvalidArgument
+from services.core.limits import confined_path
+from services.core.track import Track
 from services.scorer.samples import make_sample_dataset, srcnn_graph_def
-from services.scorer.scoring import Track
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from tests.cluster import TEST_TIMING, Cluster

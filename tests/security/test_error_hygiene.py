@@ -16,15 +16,16 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pirm.v1 import metrics_pb2, metrics_pb2_grpc, scorer_pb2
 
-from services.cli.cluster import free_port
 from services.client import ScorerClient
-from services.common.errors import InvalidArgument, PirmError
+from services.common.cluster import free_port
 from services.common.logs import JsonFormatter
-from services.common.server import ServiceBinding, create_server, open_channel
+from services.common.server import ServiceBinding, create_server
+from services.core.channel import open_channel
+from services.core.errors import InvalidArgument, PirmError
+from services.core.track import Phase, Track
 from services.inference.worker import call_in_fresh_process
 from services.scorer.jobs import JobSpec
 from services.scorer.samples import make_sample_dataset, srcnn_graph_def
-from services.scorer.scoring import Phase, Track
 from services.scorer.store import JobStore
 from tests.cluster import start_scorer
 from tests.integration.helpers import wait_for

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from pirm.v1 import common_pb2, metrics_pb2, metrics_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 
-from services.common.errors import InvalidArgument
-from services.common.tensors import from_tensor
+from services.core.errors import InvalidArgument
+from services.core.tensors import from_tensor
 from services.inference.graphs import parse_graph
 from services.scorer.protocol import read_rgb
 from services.scorer.samples import srcnn_graph_def

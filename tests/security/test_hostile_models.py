@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 
-from services.common.server import RunningServer, open_channel
-from services.common.tensors import from_tensor, to_tensor
-from services.inference.engine import MIB, EngineSettings
+from services.common.server import RunningServer
+from services.core.channel import open_channel
+from services.core.limits import MIB
+from services.core.tensors import from_tensor, to_tensor
+from services.core.track import Track
+from services.inference.engine import EngineSettings
 from services.inference.server import create_server as create_inference
 from services.scorer.samples import make_sample_dataset, srcnn_graph_def
-from services.scorer.scoring import Track
 from tests.integration.helpers import graph_bytes, is_serving, wait_job
 
 Stub = inference_pb2_grpc.InferenceServiceStub

@@ -21,13 +21,15 @@ import pytest
 from PIL import Image
 from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
-from services.common.server import RunningServer, open_channel
+from services.common.server import RunningServer
+from services.core.channel import open_channel
+from services.core.limits import MIB
+from services.core.track import Track
 from services.inference import telemetry
-from services.inference.engine import MIB, EngineSettings
+from services.inference.engine import EngineSettings
 from services.inference.server import create_server as create_inference
 from services.metrics.server import create_server as create_metrics
 from services.scorer.samples import make_sample_dataset
-from services.scorer.scoring import Track
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from tests.cluster import TEST_TIMING

@@ -1,5 +1,5 @@
 """services.inference.graphs.parse_graph on graphs built here with TensorFlow, the model
-repository layout, and the wire tensors of services.common.tensors."""
+repository layout, and the wire tensors of services.core.tensors."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 import tensorflow as tf
 from pirm.v1 import common_pb2
 
-from services.common.errors import InvalidArgument, NotFound
-from services.common.limits import DEFAULT_MAX_MODEL_BYTES
-from services.common.tensors import from_tensor, to_tensor
+from services.core.errors import InvalidArgument, NotFound
+from services.core.limits import DEFAULT_MAX_MODEL_BYTES
+from services.core.tensors import from_tensor, to_tensor
 from services.inference.graphs import DEFAULT_MAX_GRAPH_NODES, parse_graph, repository_path
 from services.scorer.samples import srcnn_graph_def
 from tests.conftest import SHARED

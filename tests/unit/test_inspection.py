@@ -17,7 +17,9 @@ import tensorflow as tf
 from PIL import Image
 
 from services.cli.inspect_model import inspection_report, report_text
-from services.common.errors import InvalidArgument
+from services.core.errors import InvalidArgument
+from services.core.timing import TimingOptions
+from services.core.track import Track
 from services.inference.graphs import ALLOWED_OPS, parse_graph
 from services.inference.inspection import inspect_graph
 from services.inference.mobile import (
@@ -27,10 +29,8 @@ from services.inference.mobile import (
     estimate_mobile,
     inspect_and_estimate,
 )
-from services.inference.timing import TimingOptions
 from services.scorer.protocol import timing_input, timing_input_shape
 from services.scorer.samples import srcnn_graph_def
-from services.scorer.scoring import Track
 from tests.conftest import SHARED
 from tests.integration.helpers import chain_graph
 

@@ -9,7 +9,8 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
-from services.common.errors import InvalidArgument
+from services.core.errors import InvalidArgument
+from services.core.track import Track
 from services.scorer.protocol import (
     QualityItem,
     crop_to_scale,
@@ -20,7 +21,6 @@ from services.scorer.protocol import (
     timing_image_path,
     timing_input,
 )
-from services.scorer.scoring import Track
 
 U8 = NDArray[np.uint8]
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from PIL import Image
 
-from services.common.errors import InvalidArgument
+from services.core.errors import InvalidArgument
 from services.metrics import Flavor, QualityOptions, evaluate_pair, ms_ssim, psnr
 from tests.conftest import SHARED as DATA
 from tests.reference import (

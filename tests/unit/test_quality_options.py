@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from PIL import Image
 
-from services.common.errors import InvalidArgument
+from services.core.errors import InvalidArgument
 from services.metrics import ms_ssim, psnr, ssim
 from tests.conftest import SHARED as DATA
 from tests.reference import (

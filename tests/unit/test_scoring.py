@@ -11,16 +11,9 @@ import math
 
 import pytest
 
-from services.common.errors import InvalidArgument
-from services.scorer.scoring import (
-    Phase,
-    ScoreInputs,
-    Scores,
-    Track,
-    compute_scores,
-    score_constants,
-    speed_term,
-)
+from services.core.errors import InvalidArgument
+from services.core.track import Phase, Track
+from services.scorer.scoring import ScoreInputs, Scores, compute_scores, score_constants, speed_term
 
 # SPEC.md section 3, transcribed.
 SPEC_BASES = {"A": (26.5, 0.94), "B": (21.0, 0.90)}  # track -> (PSNR_base, SSIM_base)

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted
-from services.inference.timing import DeviceTiming, Timing
-from services.metrics.quality import PairQuality
-from services.scorer.jobs import Job, JobResult, JobSpec, JobState
-from services.scorer.leaderboard import Entry, EntryPolicy, leaderboard
-from services.scorer.scoring import Phase, ScoreConstants, Scores, Track
+from services.core.errors import FailedPrecondition, NotFound, ResourceExhausted
+from services.core.jobs import JobState
+from services.core.quality import PairQuality
+from services.core.timing import DeviceTiming, Timing
+from services.core.track import EntryPolicy, Phase, Track
+from services.scorer.jobs import Job, JobResult, JobSpec
+from services.scorer.leaderboard import Entry, leaderboard
+from services.scorer.scoring import ScoreConstants, Scores
 from services.scorer.store import _SCHEMA, JobStore, QueueLimits
 
 MODEL_1 = b"\x0a\x05input" + bytes(range(256)) * 4

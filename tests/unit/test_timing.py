@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from services.common.errors import InvalidArgument
-from services.inference.timing import TimingOptions, measure, median_ci95, summarize
+from services.core.errors import InvalidArgument
+from services.core.timing import TimingOptions
+from services.inference.timing import measure, median_ci95, summarize
 
 # --------------------------------------------------------------------------------------------
 # independent references

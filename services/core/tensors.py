@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from pirm.v1 import common_pb2
 
-from services.common.errors import InvalidArgument
+from services.core.errors import InvalidArgument
 
 _DTYPES: dict[common_pb2.DataType.ValueType, np.dtype[Any]] = {
     common_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),

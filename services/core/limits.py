@@ -1,13 +1,19 @@
-"""Limits on untrusted input that more than one service enforces."""
+"""Limits on untrusted input that more than one part of the project enforces, and their
+defaults."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.common.errors import InvalidArgument
+from services.core.errors import InvalidArgument
 
-DEFAULT_MAX_MODEL_BYTES = 100 * 1024 * 1024  # the challenge's rule (SPEC.md section 1)
+MIB = 1024 * 1024
+DEFAULT_MAX_MODEL_BYTES = 100 * MIB  # the challenge's rule (SPEC.md section 1)
+# The challenge's 3.5 GB of RAM on a 1280x720 image (SPEC.md section 1).
+DEFAULT_MEMORY_LIMIT_MB = 3584
+# An HD float32 image is 1280*720*3*4 = 11 MB; full-size DIV2K images about 33 MB.
+DEFAULT_MAX_MESSAGE_MB = 64
 
 
 def check_model_size(size: int, max_bytes: int) -> None:
