@@ -100,6 +100,7 @@ run: setup
 lint: setup
 	$(BIN)/ruff check services tests deploy $(wildcard bench)
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # Two pytest processes, whole files each (a file's fixtures start its servers once): on 2 cores
 # the suite waits on process starts and polls as much as it computes. TEST_WORKERS=0: one process.
