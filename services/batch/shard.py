@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from pirm.v1 import scorer_pb2
 
 from services.client import ScorerClient
@@ -22,17 +21,15 @@ from services.core.channel import ChannelSecurity
 from services.core.errors import FailedPrecondition, InvalidArgument
 from services.core.limits import DEFAULT_MAX_MESSAGE_MB
 from services.core.quality import PairQuality
-from services.core.track import Track
+from services.core.track import Phase, Track
 from services.scorer.clients import InferencePool, MetricsPool, call_with_retry
 from services.scorer.jobs import inference_model_name
-from services.scorer.pipeline import Stage, run_pipeline
 from services.scorer.protocol import (
-    QUALITY_OPTIONS,
     QualityItem,
-    check_defined,
-    prepare_quality_pixels,
     quality_items,
 )
+from services.scorer.quality_stage import Outcome, QualityStage
+from services.scorer.submission import Submission, SubmissionRules
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +75,6 @@ class ShardReport:
     reported: int  # of them, measured and reported now
     skipped_jobs: list[str]  # jobs no longer waiting for shards (already complete or finished)
     failed_jobs: list[str] = field(default_factory=list)  # their model failed on an image here
-
-
-@dataclass(frozen=True)
-class Measured:
-    """A pair's figures, or why its job fails; neither: skipped (its job has ended)."""
-
-    pair: Pair
-    quality: PairQuality | None = None
-    error: str = ""
-
-
-# What fails one job, not the shard: the model's own errors on an image (it fails on the
-# input, exceeds the memory limit) and figures without a value. The batch's other models go
-# on. Anything else (a service unavailable, a dataset that cannot be read) stops the shard,
-# which Kubernetes runs again.
-_JOB_ERRORS = (InvalidArgument,)
 
 
 def shard_arguments(index: str, shards: int, track: str, models: str, data: str, scorer: str,
@@ -160,6 +141,9 @@ def run_shard(spec: ShardSpec) -> ShardReport:
     if not 0 <= spec.index < spec.shards:
         raise InvalidArgument(f"shard index {spec.index} is not in 0..{spec.shards - 1}")
     models = batch_models(spec.models)
+    for model in models:  # refused here as the scorer would refuse it, before any work
+        SubmissionRules().accept(Submission(spec.track, Phase.VALIDATION, str(spec.data),
+                                            spec.team, graph_def=model.graph_def))
     items = quality_items(spec.track, spec.data)
     batch_id = spec.batch_id or default_batch_id(spec.track, spec.data, models)
     with ScorerClient(spec.scorer, spec.max_message_mb, security=spec.security) as scorer:
@@ -185,39 +169,14 @@ def _measure(spec: ShardSpec, models: list[BatchModel], pairs: list[Pair],
         graphs = {m.sha256: m.graph_def for m in models}
         for sha256 in sorted({p.job.model_sha256 for p in pairs}):
             inference.load_model(inference_model_name(sha256), graphs[sha256], "", "", "")
-        options = QUALITY_OPTIONS[spec.track]
-
-        def prepare(pair: Pair) -> tuple[Pair, np.ndarray, np.ndarray]:
-            return (pair, *prepare_quality_pixels(spec.track, pair.item))
-
-        def infer(work: tuple[Pair, np.ndarray, np.ndarray]
-                  ) -> tuple[Pair, np.ndarray | Measured, np.ndarray]:
-            pair, model_input, target = work
-            if reporter.ended(pair.job.job_id):
-                return pair, Measured(pair), target
-            model = inference_model_name(pair.job.model_sha256)
-            try:
-                return pair, inference.infer(model, model_input), target
-            except _JOB_ERRORS as error:
-                return pair, Measured(pair, error=f"image {pair.item.name}: {error}"), target
-
-        def measure(work: tuple[Pair, np.ndarray | Measured, np.ndarray]) -> Measured:
-            pair, output, target = work
-            if isinstance(output, Measured):
-                return output
-            try:
-                quality = metrics.evaluate(output, target, options)
-                check_defined(spec.track, pair.item.name, quality)  # names the image
-            except _JOB_ERRORS as error:
-                return Measured(pair, error=str(error))
-            return Measured(pair, quality)
-
-        run_pipeline(pairs, [
-            Stage("prepare", prepare),
-            Stage("inference", infer, inference.parallelism),
-            Stage("metrics", measure, METRICS_IN_FLIGHT * metrics.parallelism),
-            Stage("report", reporter.add),
-        ])
+        pipeline: QualityStage[Pair] = QualityStage(
+            spec.track, item_of=lambda pair: pair.item,
+            model_of=lambda pair: inference_model_name(pair.job.model_sha256),
+            infer=inference.infer, evaluate=metrics.evaluate,
+            inference_workers=inference.parallelism,
+            metrics_workers=METRICS_IN_FLIGHT * metrics.parallelism,
+            contain_model_errors=True, skip=lambda pair: reporter.ended(pair.job.job_id))
+        pipeline.run(pairs, reporter.add)
         reporter.flush()
     finally:
         inference.close()
@@ -239,8 +198,11 @@ class Reporter:
     def ended(self, job_id: str) -> bool:
         return job_id in self._ended
 
-    def add(self, measured: Measured) -> None:
-        job_id = measured.pair.job.job_id
+    def add(self, measured: Outcome[Pair]) -> None:
+        """A pair's figures, or why its job fails (the model failed on its image: the batch's
+        other models go on; anything else, a service unavailable or a dataset that cannot be
+        read, stops the shard, which Kubernetes runs again); neither: skipped, its job ended."""
+        job_id = measured.work.job.job_id
         if job_id in self._ended:
             return
         if measured.error:
@@ -249,7 +211,7 @@ class Reporter:
             self._send(job_id, measured.error)
         elif measured.quality is not None:
             pending = self._pending.setdefault(job_id, {})
-            pending[measured.pair.item.name] = measured.quality
+            pending[measured.work.item.name] = measured.quality
             if len(pending) >= self._batch:
                 self._send(job_id)
 

@@ -21,16 +21,14 @@ from services.core.quality import PairQuality, QualityOptions
 from services.core.timing import DeviceTiming, RuntimeComparison, TimingOptions
 from services.core.track import Phase, Track
 from services.scorer.jobs import Job, JobResult, JobSpec
-from services.scorer.pipeline import Stage, StageClock, run_pipeline
+from services.scorer.pipeline import StageClock
 from services.scorer.protocol import (
-    QUALITY_OPTIONS,
     QualityItem,
-    check_defined,
-    prepare_quality_pixels,
     quality_items,
     timing_input,
     timing_probes,
 )
+from services.scorer.quality_stage import Outcome, QualityStage
 from services.scorer.scoring import (
     KAPPA,
     UNSCORED,
@@ -167,7 +165,6 @@ class Evaluation:
         self.stopping = stopping
         self.cancelled = cancelled or threading.Event()
         self.clock = StageClock()
-        self._progress_lock = threading.Lock()
         self.expired = False
         self._started = time.monotonic()
 
@@ -215,43 +212,26 @@ class Evaluation:
         todo = [item for item in items if item.name not in done]
         total, finished = len(items), len(items) - len(todo)
         self._progress(finished, total, "quality")
-        options = QUALITY_OPTIONS[self.spec.track]
         track = self.spec.track
 
-        def prepare(item: QualityItem) -> tuple[QualityItem, np.ndarray, np.ndarray]:
-            return (item, *prepare_quality_pixels(track, item))
-
-        def infer(work: tuple[QualityItem, np.ndarray, np.ndarray]
-                  ) -> tuple[QualityItem, np.ndarray, np.ndarray]:
-            item, model_input, target = work
-            return item, self.inference.infer(model, model_input), target
-
-        def measure(work: tuple[QualityItem, np.ndarray, np.ndarray]
-                    ) -> tuple[QualityItem, PairQuality]:
-            item, output, target = work
-            return item, self.metrics.evaluate(output, target, options)
-
-        def store(work: tuple[QualityItem, PairQuality]) -> None:
+        def store(outcome: Outcome[QualityItem]) -> None:
             nonlocal finished
-            item, quality = work
-            check_defined(track, item.name, quality)
+            item, quality = outcome.work, outcome.quality
+            assert quality is not None  # model errors are not contained: they fail the job
             self.store.put_image_result(self.job.job_id, item.name, quality.psnr,
                                         quality.msssim)
             image_evaluated(track)
-            with self._progress_lock:
-                finished += 1
-                self._progress(finished, total, "quality")
+            finished += 1
+            self._progress(finished, total, "quality")
 
-        # Each stage's latency also goes to Prometheus (pirm_scorer_stage_duration_seconds).
-        stages = [
-            Stage("prepare", timed_stage(track, "prepare", prepare)),
-            Stage("inference", timed_stage(track, "inference", infer),
-                  self.inference.parallelism),
-            Stage("metrics", timed_stage(track, "metrics", measure),
-                  self.settings.metrics_in_flight * self.metrics.parallelism),
-            Stage("store", store),
-        ]
-        run_pipeline(todo, stages, capacity=2, check=self.check, clock=self.clock)
+        pipeline: QualityStage[QualityItem] = QualityStage(
+            track, item_of=lambda item: item, model_of=lambda item: model,
+            infer=self.inference.infer, evaluate=self.metrics.evaluate,
+            inference_workers=self.inference.parallelism,
+            metrics_workers=self.settings.metrics_in_flight * self.metrics.parallelism,
+            # Each stage's latency also goes to Prometheus (pirm_scorer_stage_duration_seconds).
+            timed=lambda name, work: timed_stage(track, name, work))
+        pipeline.run(todo, store, check=self.check, clock=self.clock)
 
     def _measure_runtime(self, model: str, dataset: Path) -> RuntimeComparison:
         """The model's runtime and peak memory on the HD image, and the baseline's runtime on

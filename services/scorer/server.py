@@ -36,6 +36,7 @@ from services.scorer.samples import baseline_graph
 from services.scorer.scoring import KAPPA
 from services.scorer.servicer import ScorerServicer
 from services.scorer.store import JobStore, QueueLimits
+from services.scorer.submission import SubmissionRules
 
 SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
 log = logging.getLogger(__name__)
@@ -90,8 +91,9 @@ def create_server(address: str, config: ScorerConfig, workers: int = 64) -> Runn
         model_idle_s=config.model_idle_s,
     )
     runner = JobRunner(store, inference, metrics, settings, config.concurrency)
-    servicer = ScorerServicer(store, runner, inference, config.max_model_bytes, config.limits,
-                              config.data_roots,
+    rules = SubmissionRules(config.max_model_bytes, config.limits, config.data_roots,
+                            config.mos_ref)
+    servicer = ScorerServicer(store, runner, inference, rules,
                               # a quarter of the threads stays free of WatchJob streams
                               max_watchers=max(1, workers * 3 // 4))
     binding = ServiceBinding(SERVICE_NAME, scorer_pb2_grpc.add_ScorerServiceServicer_to_server,

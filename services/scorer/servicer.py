@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 from pirm.v1 import scorer_pb2, scorer_pb2_grpc
 
 from services.common.auth import caller
-from services.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
-from services.core.jobs import JobState
-from services.core.limits import check_model_size, confined_path
+from services.core.errors import InvalidArgument, ResourceExhausted
 from services.core.quality import PairQuality
-from services.core.track import Phase
 from services.core.wire import (
     ENTRY_POLICIES,
     ENTRY_POLICY_MESSAGES,
@@ -28,14 +22,13 @@ from services.core.wire import (
 )
 from services.scorer.access import check_staff, check_visible, submitting_team, visible_team
 from services.scorer.crops import image_crops, job_images
-from services.scorer.evaluation import InferenceBackend, rescored
-from services.scorer.jobs import Job, JobSpec
+from services.scorer.evaluation import InferenceBackend
+from services.scorer.jobs import Job
 from services.scorer.leaderboard import leaderboard
-from services.scorer.protocol import quality_items, timing_image_path
 from services.scorer.runner import JobRunner
-from services.scorer.scoring import TRACKS as TRACK_CONSTANTS
 from services.scorer.shards import record_image_results
-from services.scorer.store import JobStore, QueueLimits
+from services.scorer.store import JobStore
+from services.scorer.submission import Submission, SubmissionRules, vet_model, with_mos
 from services.scorer.telemetry import job_submitted
 from services.scorer.wire import job_message, leaderboard_entry_message
 
@@ -43,16 +36,12 @@ from services.scorer.wire import job_message, leaderboard_entry_message
 class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     def __init__(
         self, store: JobStore, runner: JobRunner, inference: InferenceBackend,
-        max_model_bytes: int, limits: QueueLimits | None = None,
-        data_roots: tuple[Path, ...] = (),
-        max_watchers: int = 48,
+        rules: SubmissionRules, max_watchers: int = 48,
     ) -> None:
         self.store = store
         self.runner = runner
         self.inference = inference
-        self.max_model_bytes = max_model_bytes
-        self.limits = limits or QueueLimits()
-        self.data_roots = data_roots
+        self.rules = rules
         # A watch holds one of the server's threads for as long as its job runs: capped below
         # the thread count so that unary calls and health checks always find a thread.
         self.max_watchers = max_watchers
@@ -61,12 +50,13 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     def SubmitJob(
         self, request: scorer_pb2.SubmitJobRequest, context: grpc.ServicerContext
     ) -> scorer_pb2.Job:
-        spec, model, images = self._job_spec(request, submitting_team(caller(),
-                                                                      request.team))
-        self._validate_model(spec, model)
-        job, created = self.store.create_job(spec, model, self.limits, images_total=images)
+        accepted = self.rules.accept(submission_of(request, submitting_team(caller(),
+                                                                            request.team)))
+        vet_model(accepted, self.inference)
+        job, created = self.store.create_job(accepted.spec, accepted.model, self.rules.limits,
+                                             images_total=accepted.images)
         if created:
-            job_submitted(spec.track)
+            job_submitted(accepted.spec.track)
         self.runner.notify()
         return job_message(job)
 
@@ -103,14 +93,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
                ) -> scorer_pb2.Job:
         check_staff(caller(), "setting a MOS")
         job = self.store.get_job(request.job_id)
-        if job.spec.phase is not Phase.FINAL:
-            raise FailedPrecondition(
-                f"job {job.job_id} is a validation-phase job: its scores use MS-SSIM, not MOS")
-        if job.state is not JobState.SUCCEEDED or job.result is None:
-            raise FailedPrecondition(
-                f"job {job.job_id} is {job.state.value}: set its MOS once it has succeeded")
-        _check_mos(request.mos)
-        result = rescored(job.result, job.spec, request.mos, self.runner.settings)
+        result = with_mos(job, request.mos, self.runner.settings)
         updated = self.store.rescore(job.job_id, request.mos, result)
         self.runner.notify()
         return job_message(updated)
@@ -171,65 +154,18 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     def _visible_job(self, job_id: str) -> Job:
         return check_visible(caller(), self.store.get_job(job_id))
 
-    def _job_spec(self, request: scorer_pb2.SubmitJobRequest, team: str
-                  ) -> tuple[JobSpec, bytes | None, int]:
-        """The job, its model's bytes (none for a repository model) and its image count."""
-        track = track_of(request.track)
-        phase = PHASES.get(request.phase)
-        if phase is None:
-            raise InvalidArgument("phase must be validation or final")
-        mos = request.mos if request.HasField("mos") else None
-        if mos is not None:
-            _check_mos(mos)
-        # A final-phase job without a MOS is evaluated and waits, unranked, for SetMos; either
-        # way its track needs a baseline MOS to be scored.
-        mos_ref_known = (TRACK_CONSTANTS[track].mos_ref is not None
-                         or track in self.runner.settings.mos_ref)
-        if phase is Phase.FINAL and not mos_ref_known:
-            raise InvalidArgument(
-                f"track {track.value} has no published baseline MOS: start the scorer with "
-                f"--mos-ref-{track.value.lower()} to score its final phase"
-            )
-        if not request.dataset:
-            raise InvalidArgument("give the dataset folder (challenge layout) to evaluate on")
-        dataset = confined_path(request.dataset, self.data_roots)
-        images = len(quality_items(track, dataset))  # a malformed dataset: refused now
-        if images > self.limits.max_images_per_job:
-            raise InvalidArgument(
-                f"dataset {request.dataset} has {images} images; a job may have at most "
-                f"{self.limits.max_images_per_job} (split it into several jobs)")
-        timing_image_path(dataset)
-        source = request.WhichOneof("model")
-        if source == "graph_def":
-            model: bytes | None = request.graph_def
-            assert model is not None
-            check_model_size(len(model), self.max_model_bytes)
-            sha256, repository_model = hashlib.sha256(model).hexdigest(), ""
-        elif source == "repository":
-            model, sha256 = None, ""
-            repository_model = f"{request.repository.name}/{request.repository.version}"
-        else:
-            raise InvalidArgument("submit the model's .pb bytes or a repository model")
-        spec = JobSpec(
-            track=track, phase=phase, dataset=str(dataset.resolve()), model_sha256=sha256,
-            model_name=request.model_name, team=team, request_id=request.request_id,
-            mos=mos, input_tensor=request.input_tensor, output_tensor=request.output_tensor,
-            repository_model=repository_model, sharded=request.sharded,
-        )
-        return spec, model, images
 
-    def _validate_model(self, spec: JobSpec, model: bytes | None) -> None:
-        """Loading vets the graph (parse, op allowlist, tensor names) so that a bad file is
-        refused at submission. If inference is down, the job is accepted and vetted later."""
-        try:
-            self.inference.load_model(
-                spec.inference_name, model, spec.repository_model,
-                spec.input_tensor, spec.output_tensor,
-            )
-        except Unavailable:
-            return
-
-
-def _check_mos(mos: float) -> None:
-    if not (math.isfinite(mos) and mos >= 0.0):
-        raise InvalidArgument(f"a MOS is a mean of opinion scores (finite, >= 0), got {mos}")
+def submission_of(request: scorer_pb2.SubmitJobRequest, team: str) -> Submission:
+    phase = PHASES.get(request.phase)
+    if phase is None:
+        raise InvalidArgument("phase must be validation or final")
+    source = request.WhichOneof("model")
+    return Submission(
+        track=track_of(request.track), phase=phase, dataset=request.dataset, team=team,
+        graph_def=request.graph_def if source == "graph_def" else None,
+        repository_model=(f"{request.repository.name}/{request.repository.version}"
+                          if source == "repository" else ""),
+        model_name=request.model_name, request_id=request.request_id,
+        mos=request.mos if request.HasField("mos") else None,
+        input_tensor=request.input_tensor, output_tensor=request.output_tensor,
+        sharded=request.sharded)
