@@ -5,4 +5,4 @@ listed in services/cli/main.py.
 main.py imports every family to build the parser, so what a module imports at its top is paid by
 every command, `pirm status` too: only argparse, grpc, the core, the common configuration and the
 client library. NumPy, PIL, TensorFlow, Kubernetes, matplotlib and rich are imported inside the
-commands that use them."""
+commands that use them (tests/integration/test_cli_json.py runs the fast ones and checks)."""
