@@ -17,7 +17,7 @@ CLIENT_VENV := build/client-venv
 STAMP_CLIENT := $(CLIENT_VENV)/.installed
 
 .PHONY: setup kernels test-tools protos kubectl prometheus chromium run test lint unit \
-	integration deploy-test clean bench-inference bench-metrics bench-e2e bench-load
+	integration deploy-test clean bench-inference bench-metrics bench-e2e bench-cli bench-load
 
 # What running needs: Python packages, generated protobuf code, compiled metric kernels.
 setup: $(STAMP_INSTALL) $(STAMP_PROTOS) $(STAMP_KERNELS)
@@ -127,6 +127,10 @@ bench-metrics: setup
 
 bench-e2e: setup
 	$(BIN)/python -m bench.bench_e2e
+
+# pirm status, jobs and leaderboard as whole processes against a scorer, beside `import grpc`.
+bench-cli: setup
+	$(BIN)/python -m bench.bench_cli
 
 # Not a comparison: many clients and jobs on a local cluster, with correctness and memory checks.
 bench-load: setup

@@ -17,7 +17,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from services.cli.bench import timing_images  # noqa: E402
+from services.cli.commands.bench import timing_images  # noqa: E402
 from services.core.timing import TimingOptions  # noqa: E402
 from services.core.track import Track  # noqa: E402
 from services.inference.engine import Engine, EngineSettings  # noqa: E402

@@ -1,6 +1,7 @@
 """What the CLI shows while it waits: progress bars (rich) when stdout is a terminal, plain lines
 otherwise (pipes, logs, tests), both on stderr so that stdout carries only results (`--json`);
-and the final summary table of the jobs."""
+and the final summary table of the jobs. Only the commands that wait import it (rich is not
+what `pirm status` should pay for)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from services.client import ScorerClient, job_summary
 
 
 def interactive() -> bool:
@@ -96,6 +99,19 @@ def _say_job(summary: dict[str, Any], still_s: float | None = None) -> None:
         work = STAGE_WORK.get(stage)
         text += f", still after {still_s:.0f} s{': ' + work if work else ''}"
     print(text, file=sys.stderr, flush=True)
+
+
+def follow_jobs(client: ScorerClient, job_ids: list[str]) -> list[dict[str, Any]]:
+    """Shows the jobs' progress until each is final; returns their `job_summary`."""
+    summaries = []
+    with JobBars() as bars:
+        for job_id in job_ids:
+            summary = job_summary(client.get(job_id))
+            for job in client.watch(job_id):
+                summary = job_summary(job)
+                bars.update(summary)
+            summaries.append(summary)
+    return summaries
 
 
 @contextmanager

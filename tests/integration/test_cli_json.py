@@ -1,11 +1,16 @@
 """`--json` on the commands that print results: one JSON document on stdout with the fields
 scripts read, progress as plain lines on stderr (not a terminal here). The commands run
-in-process (`main`), as the console script calls it, to spare an interpreter start each."""
+in-process (`main`), as the console script calls it, to spare an interpreter start each; the
+fast commands' imports are checked in processes of their own (a fresh interpreter's modules)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,3 +72,29 @@ def test_leaderboard(cluster: Cluster, finished_job: FinishedJob,
     assert len(ours) == 1 and set(ours[0]) >= ROW_FIELDS
     assert ours[0]["job_id"] == finished_job.job_id
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+
+
+# What `pirm status`, `jobs` and `leaderboard` must not pay for at each start (issue 16: 3 s of
+# imports before their call, where grpc and the protos alone take 0.2 s).
+HEAVY = {"numpy", "scipy", "numba", "tensorflow", "PIL", "matplotlib", "kubernetes",
+         "prometheus_client", "rich"}
+
+
+def test_the_fast_commands_import_no_heavy_package(cluster: Cluster,
+                                                   finished_job: FinishedJob) -> None:
+    """Whole processes of the console script, with Python's import log (-X importtime): each
+    command answers, and none of the heavy packages was imported on its way."""
+    pirm = str(Path(sys.executable).parent / "pirm")
+    target = cluster.target(cluster.scorer)
+    for args, shown in ((["status", finished_job.job_id], finished_job.job_id),
+                        (["jobs"], finished_job.job_id),
+                        (["leaderboard", "--track", "B"], finished_job.team)):
+        done = subprocess.run([pirm, *args, "--scorer", target], capture_output=True,
+                              text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPROFILEIMPORTTIME="1"))
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert shown in done.stdout, done.stdout
+        imported = {line.split("|")[-1].strip().split(".")[0]
+                    for line in done.stderr.splitlines() if line.startswith("import time:")}
+        assert {"grpc", "services", "pirm"} <= imported  # the log was read
+        assert not imported & HEAVY, (args, sorted(imported & HEAVY))

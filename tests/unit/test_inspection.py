@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from services.cli.inspect_model import inspection_report, report_text
+from services.cli.commands.inspect import inspection_report, report_text
 from services.core.errors import InvalidArgument
 from services.core.timing import TimingOptions
 from services.core.track import Track

@@ -5,16 +5,31 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from services.core.timing import DeviceTiming, Timing, TimingOptions
+from services.cli.output import print_json, timing_summary
+from services.core.timing import TimingOptions
 from services.core.track import Track
-from services.inference.engine import Engine, EngineSettings
-from services.inference.timing import PIRM2018_IMAGES
-from services.scorer.protocol import crop_to_scale, downscaled_upscaled, read_rgb, to_model_input
-from services.scorer.samples import DATASET_FOLDERS, HD_SIZE, challenge_data_dir
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from services.core.timing import DeviceTiming
+
+
+def register(commands: Any) -> None:
+    bench = commands.add_parser("bench", help="time a model in-process as the service does")
+    add_arguments(bench)
+    bench.set_defaults(run=bench_command)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from services.cli.progress import working
+
+    with working(f"timing {args.model.name} ({args.protocol} protocol)"):
+        result = run_bench(args)
+    print_json(result) if args.json else print_report(result)
+    return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,12 +50,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-seconds", type=float, default=defaults.min_seconds)
     parser.add_argument("--max-runs", type=int, default=defaults.max_runs)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory probe")
-    parser.add_argument("--intra-op-threads", type=int, default=EngineSettings().intra_op_threads)
+    parser.add_argument("--intra-op-threads", type=int,
+                        help="TensorFlow's threads (default: the engine's, all cores)")
     parser.add_argument("--inter-op-threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
 
 
 def timing_images(paths: list[Path] | None, track: Track | None, count: int) -> list[np.ndarray]:
+    import numpy as np
+
+    from services.scorer.protocol import (
+        crop_to_scale,
+        downscaled_upscaled,
+        read_rgb,
+        to_model_input,
+    )
+    from services.scorer.samples import DATASET_FOLDERS, HD_SIZE, challenge_data_dir
+
     if not paths:
         data = challenge_data_dir()
         folder = data / DATASET_FOLDERS[track or Track.B] / "HD_res" if data else None
@@ -57,14 +83,6 @@ def timing_images(paths: list[Path] | None, track: Track | None, count: int) -> 
     return [to_model_input(image) for image in images[:count]]
 
 
-def timing_summary(t: Timing) -> dict[str, Any]:
-    return {
-        "median_ms": t.median_ms, "p90_ms": t.p90_ms, "ci95_ms": [t.ci95_low_ms, t.ci95_high_ms],
-        "min_ms": t.min_ms, "max_ms": t.max_ms, "mean_ms": t.mean_ms, "stdev_ms": t.stdev_ms,
-        "runs": t.runs, "warmup_runs": t.warmup_runs,
-    }
-
-
 def report(measured: DeviceTiming) -> dict[str, Any]:
     return {
         **timing_summary(measured.timing),
@@ -76,12 +94,17 @@ def report(measured: DeviceTiming) -> dict[str, Any]:
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from services.inference.engine import Engine, EngineSettings
+    from services.inference.timing import PIRM2018_IMAGES
+
     track = Track(args.track) if args.track else None
     count = PIRM2018_IMAGES if args.protocol == "pirm2018" else 1
     images = timing_images(args.image, track, count)
     options = TimingOptions(args.warmup_runs, args.min_runs, args.min_seconds,
                             args.max_runs).validated()
-    engine = Engine(EngineSettings(intra_op_threads=args.intra_op_threads,
+    threads = args.intra_op_threads
+    engine = Engine(EngineSettings(intra_op_threads=EngineSettings().intra_op_threads
+                                   if threads is None else threads,
                                    inter_op_threads=args.inter_op_threads,
                                    default_device=args.device))
     try:

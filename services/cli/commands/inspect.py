@@ -8,24 +8,19 @@ imports it into TensorFlow), and the mobile estimate runs only after the allowli
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.cli.bench import timing_summary
-from services.core.errors import InvalidArgument
+from services.cli.output import print_json, timing_summary
+from services.core.errors import InvalidArgument, PirmError
 from services.core.timing import TimingOptions
 from services.core.track import Track
-from services.inference.engine import EngineSettings
 from services.inference.graphs import DEFAULT_INPUT, DEFAULT_OUTPUT
 from services.inference.inspection import Inspection, inspection_dict
-from services.inference.mobile import (
-    MOBILE_TIMING,
-    MobileEstimate,
-    MobileRequest,
-    inspect_in_fresh_process,
-)
-from services.scorer.protocol import timing_input_shape
-from services.scorer.samples import HD_SIZE
+
+if TYPE_CHECKING:
+    from services.inference.mobile import MobileEstimate
 
 TRACK_INPUTS = {
     Track.A: "the bicubic x4 round trip of the HD image (the same size)",
@@ -33,22 +28,43 @@ TRACK_INPUTS = {
 }
 
 
+def register(commands: Any) -> None:
+    inspect = commands.add_parser(
+        "inspect", help="a frozen graph's ops, parameters, FLOPs, tensors and allowlist verdict "
+                        "(--mobile: LiteRT conversion and runtime)")
+    add_arguments(inspect)
+    inspect.set_defaults(run=inspect_command)
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    """0 when the service would accept the model (and, with --mobile, LiteRT converted it)."""
+    try:
+        result = run_inspect(args)
+    except PirmError as error:
+        print(f"pirm inspect: {error}", file=sys.stderr)
+        return 2
+    print_json(result) if args.json else print(report_text(result))
+    return 0 if result["accepted"] and result.get("mobile", {}).get("converted", True) else 1
+
+
+# The defaults that come from the inference and scorer modules (NumPy, PIL) are filled in by
+# run_inspect, so that building the parser imports neither.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="the frozen graph (.pb)")
     parser.add_argument("--track", choices=["A", "B"], type=str.upper, default="A",
                         help="whose timing input to count FLOPs on (both tracks time on "
                              "1280x720 inputs; default A)")
-    parser.add_argument("--size", type=image_size, default=HD_SIZE, metavar="WxH",
+    parser.add_argument("--size", type=image_size, metavar="WxH",
                         help="image size instead of the challenge's 1280x720 HD timing image")
     parser.add_argument("--input-tensor", default=DEFAULT_INPUT)
     parser.add_argument("--output-tensor", default=DEFAULT_OUTPUT)
     parser.add_argument("--mobile", action="store_true",
                         help="also convert to LiteRT and time it against TensorFlow on this CPU")
-    parser.add_argument("--threads", type=int, default=EngineSettings().intra_op_threads,
+    parser.add_argument("--threads", type=int,
                         help="CPU threads of both runtimes for --mobile (default: all cores)")
-    parser.add_argument("--runs", type=int, default=MOBILE_TIMING.min_runs,
+    parser.add_argument("--runs", type=int,
                         help="--mobile: timed runs at least (after warm-up)")
-    parser.add_argument("--warmup-runs", type=int, default=MOBILE_TIMING.warmup_runs)
+    parser.add_argument("--warmup-runs", type=int)
     parser.add_argument("--json", action="store_true")
 
 
@@ -66,17 +82,25 @@ def image_size(text: str) -> tuple[int, int]:
 def run_inspect(args: argparse.Namespace) -> dict[str, Any]:
     """The inspection (and mobile estimate) as JSON-ready data; InvalidArgument when the file
     is missing or no GraphDef."""
+    from services.inference.engine import EngineSettings
+    from services.inference.mobile import MOBILE_TIMING, MobileRequest, inspect_in_fresh_process
+    from services.scorer.protocol import timing_input_shape
+    from services.scorer.samples import HD_SIZE
+
     if not args.model.is_file():
         raise InvalidArgument(f"model file {args.model} does not exist")
     track = Track(args.track)
-    shape = timing_input_shape(track, args.size)
+    shape = timing_input_shape(track, args.size or HD_SIZE)
     mobile = None
     if args.mobile:
-        if args.threads < 1:
-            raise InvalidArgument(f"--threads must be at least 1, not {args.threads}")
-        options = TimingOptions(args.warmup_runs, args.runs, MOBILE_TIMING.min_seconds,
-                                max(args.runs, MOBILE_TIMING.max_runs)).validated()
-        mobile = MobileRequest(args.threads, options)
+        threads = EngineSettings().intra_op_threads if args.threads is None else args.threads
+        if threads < 1:
+            raise InvalidArgument(f"--threads must be at least 1, not {threads}")
+        runs = MOBILE_TIMING.min_runs if args.runs is None else args.runs
+        warmup_runs = MOBILE_TIMING.warmup_runs if args.warmup_runs is None else args.warmup_runs
+        options = TimingOptions(warmup_runs, runs, MOBILE_TIMING.min_seconds,
+                                max(runs, MOBILE_TIMING.max_runs)).validated()
+        mobile = MobileRequest(threads, options)
     found, estimate = inspect_in_fresh_process(
         args.model.read_bytes(), shape, (args.input_tensor, args.output_tensor), mobile)
     return inspection_report(str(args.model), track, found, estimate, args.mobile)
