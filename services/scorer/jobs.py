@@ -39,10 +39,18 @@ class JobSpec:
     output_tensor: str = ""
     repository_model: str = ""  # "name/version" in the inference repository, instead of bytes
     sharded: bool = False  # its quality stage is done by batch shards, which report each image
+    phase_name: str = ""  # the challenge's phase; empty: the one named like `phase`
+    rerun_of: str = ""  # the job it evaluates again (an organiser's rerun)
+    baseline: bool = False  # a baseline model's job, submitted by the scorer itself
 
     @property
     def inference_name(self) -> str:
         return inference_model_name(self.model_sha256)
+
+    @property
+    def phase_key(self) -> str:
+        """The phase its leaderboard and its quota are counted in."""
+        return self.phase_name or self.phase.value
 
 
 @dataclass(frozen=True)
@@ -109,3 +117,6 @@ class Job:
     images_total: int = 0
     stage: str = ""
     result: JobResult | None = field(default=None)
+    # Why it failed: "model" (the submission's own failure) or "platform" (never counted
+    # against a team's quota).
+    failure_kind: str = ""
