@@ -166,8 +166,9 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     ) -> scorer_pb2.LeaderboardResponse:
         track = track_of(request.track)
         phase = request.phase_name or PHASES[request.phase].value
-        return self._board(track, phase, RANK_BY[request.by],
-                           ENTRY_POLICIES.get(request.policy))
+        policy = (None if request.policy == scorer_pb2.ENTRY_POLICY_UNSPECIFIED
+                  else ENTRY_POLICIES[request.policy])  # unspecified: the phase's rule
+        return self._board(track, phase, RANK_BY[request.by], policy)
 
     def GetChallenge(self, request: scorer_pb2.GetChallengeRequest,
                      context: grpc.ServicerContext) -> scorer_pb2.Challenge:
