@@ -135,8 +135,8 @@ def utc_day() -> dt.date:
 
 
 def retry_after(error: grpc.RpcError) -> int:
-    metadata: dict[str, str] = {k: str(v) for k, v in error.trailing_metadata() or ()}
-    return int(metadata["retry-after-s"])
+    trailing: Any = error.trailing_metadata() or ()
+    return int({str(key): str(value) for key, value in trailing}["retry-after-s"])
 
 
 def revealed(hosted: Hosted, message: object) -> list[str]:
