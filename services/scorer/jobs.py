@@ -43,14 +43,15 @@ class JobSpec:
     rerun_of: str = ""  # the job it evaluates again (an organiser's rerun)
     baseline: bool = False  # a baseline model's job, submitted by the scorer itself
 
+    def __post_init__(self) -> None:
+        # One spelling for "the phase named like `phase`", so a spec read back equals the one
+        # stored.
+        if not self.phase_name:
+            object.__setattr__(self, "phase_name", self.phase.value)
+
     @property
     def inference_name(self) -> str:
         return inference_model_name(self.model_sha256)
-
-    @property
-    def phase_key(self) -> str:
-        """The phase its leaderboard and its quota are counted in."""
-        return self.phase_name or self.phase.value
 
 
 @dataclass(frozen=True)

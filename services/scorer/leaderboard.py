@@ -44,7 +44,7 @@ def standing(jobs: list[Job], track: Track, phase: str, by: str = "a",
     chosen: dict[str, Job] = {}
     for job in jobs:
         if (job.state is not JobState.SUCCEEDED or job.result is None
-                or job.spec.track is not track or job.spec.phase_key != phase):
+                or job.spec.track is not track or job.spec.phase_name != phase):
             continue
         team = team_of(job)
         current = chosen.get(team)

@@ -32,7 +32,7 @@ def phase_of(challenge: Challenge | None, job: Job) -> PhaseRule | None:
     if challenge is None or job.spec.track not in challenge.tracks:
         return None
     for rule in challenge.tracks[job.spec.track].phases:
-        if rule.name == job.spec.phase_key:
+        if rule.name == job.spec.phase_name:
             return rule
     return None
 
@@ -179,7 +179,7 @@ def rerun_phase(store: JobStore, challenge: Challenge | None, track: Track, phas
     rule = challenge.phase(track, phase) if challenge is not None else None
     into_rule = challenge.phase(track, target) if challenge is not None else None
     jobs = [job for job in store.list_jobs(track=track)
-            if job.spec.phase_key == phase and job.state is JobState.SUCCEEDED
+            if job.spec.phase_name == phase and job.state is JobState.SUCCEEDED
             and not job.spec.rerun_of]
     if not every:
         policy = rule.entry if rule is not None else EntryPolicy.LATEST

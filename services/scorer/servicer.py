@@ -215,7 +215,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         if queue is None and job.state is JobState.QUEUED:
             queue = queue_estimates(self.store, self.runner.concurrency)
         in_phase = phase_of(self.rules.challenge, job) is not None
-        selected = self.store.selections(job.spec.track, job.spec.phase_key).get(
+        selected = self.store.selections(job.spec.track, job.spec.phase_name).get(
             job.spec.team) == job.job_id
         return job_message(job, JobView(
             hide_dataset=principal.is_team and in_phase,

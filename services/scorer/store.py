@@ -194,7 +194,7 @@ class JobStore:
             if quota is not None:  # in the same transaction: two at once cannot both pass
                 used = _submissions_of_the_day(db, spec, quota)
                 if used >= quota.limit:
-                    raise quota.refusal(spec.team, spec.track, spec.phase_key, time.time())
+                    raise quota.refusal(spec.team, spec.track, spec.phase_name, time.time())
             if model is not None:
                 db.execute(
                     "INSERT OR IGNORE INTO models (sha256, data) VALUES (?, ?)",
@@ -210,7 +210,7 @@ class JobStore:
                  spec.dataset, spec.model_sha256, spec.model_name, spec.repository_model,
                  spec.mos, spec.input_tensor, spec.output_tensor, JobState.QUEUED.value,
                  time.time(), spec.sharded, images_total, SHARDS_STAGE if spec.sharded else "",
-                 spec.phase_key, spec.rerun_of, spec.baseline),
+                 spec.phase_name, spec.rerun_of, spec.baseline),
             )
             row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return _job(row), True
@@ -337,7 +337,7 @@ class JobStore:
         spec = job.spec
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO selections (team, track, phase_name, job_id) "
-                       "VALUES (?, ?, ?, ?)", (spec.team, spec.track.value, spec.phase_key,
+                       "VALUES (?, ?, ?, ?)", (spec.team, spec.track.value, spec.phase_name,
                                                job.job_id))
 
     def selections(self, track: Track, phase_name: str) -> dict[str, str]:
@@ -463,7 +463,7 @@ def _submissions_of_the_day(db: sqlite3.Connection, spec: JobSpec, quota: DailyQ
         "SELECT COUNT(*) FROM jobs WHERE team = ? AND track = ? AND phase_name = ? "
         "AND created >= ? AND rerun_of = '' AND baseline = 0 "
         f"AND (state IN ('QUEUED', 'RUNNING', 'SUCCEEDED') {failed})",
-        (spec.team, spec.track.value, spec.phase_key, quota.day_start)).fetchone()
+        (spec.team, spec.track.value, spec.phase_name, quota.day_start)).fetchone()
     return int(row[0])
 
 
