@@ -95,27 +95,31 @@ class ScorerClient:
         self,
         track: Track | str,
         model: Path | bytes,
-        dataset: Path | str,
+        dataset: Path | str | None = None,
         phase: Phase | str = Phase.VALIDATION,
         mos: float | None = None,
         team: str = "",
         model_name: str = "",
         request_id: str = "",
         sharded: bool = False,
+        phase_name: str = "",
     ) -> scorer_pb2.Job:
-        """A new job, or the job already submitted with this team and request id. A sharded
-        job is measured by batch shards (report_image_results), then timed and scored. Without
-        a request id one is made, so that a retried call never makes a second job."""
+        """A new job, or the job already submitted with this team and request id. With a
+        challenge defined, a team names the phase (`phase_name`) and no dataset: the phase's is
+        used. A sharded job is measured by batch shards (report_image_results), then timed and
+        scored. Without a request id one is made, so that a retried call never makes a second
+        job."""
         graph_def = model.read_bytes() if isinstance(model, Path) else model
         request = scorer_pb2.SubmitJobRequest(
             track=TRACK_MESSAGES[Track(track)],
             phase=PHASE_MESSAGES[Phase(phase)],
             graph_def=graph_def,
             model_name=model_name or (model.name if isinstance(model, Path) else ""),
-            dataset=str(Path(dataset).resolve()),
+            dataset=str(Path(dataset).resolve()) if dataset else "",
             team=team,
             request_id=request_id or f"auto-{uuid.uuid4().hex}",
             sharded=sharded,
+            phase_name=phase_name,
         )
         if mos is not None:
             request.mos = mos
@@ -222,14 +226,43 @@ class ScorerClient:
 
     def leaderboard(
         self, track: Track | str, by: str = "a", phase: Phase | str = Phase.VALIDATION,
-        policy: EntryPolicy | str = EntryPolicy.BEST,
+        policy: EntryPolicy | str | None = None, phase_name: str = "",
     ) -> scorer_pb2.LeaderboardResponse:
-        """One entry per team: its best result by the ranking, or its latest."""
+        """One entry per team (the job it selected, else its best result by the ranking, or
+        its latest; default: the phase's rule, without a challenge its best), the baselines
+        among them. `phase_name`: a challenge's phase (default: the one named like `phase`)."""
         request = scorer_pb2.LeaderboardRequest(
             track=TRACK_MESSAGES[Track(track)], by=RANK_BY_MESSAGES[by],
-            phase=PHASE_MESSAGES[Phase(phase)], policy=ENTRY_POLICY_MESSAGES[EntryPolicy(policy)],
+            phase=PHASE_MESSAGES[Phase(phase)], phase_name=phase_name,
+            policy=(ENTRY_POLICY_MESSAGES[EntryPolicy(policy)] if policy
+                    else scorer_pb2.ENTRY_POLICY_UNSPECIFIED),
         )
         return self._stub.Leaderboard(request, timeout=self._deadline)
+
+    def challenge(self) -> scorer_pb2.Challenge:
+        """The challenge's tracks and phases as this caller sees them (its quota left today);
+        no tracks when the scorer runs without a definition."""
+        return self._stub.GetChallenge(scorer_pb2.GetChallengeRequest(), timeout=self._deadline)
+
+    def select(self, job_id: str) -> scorer_pb2.Job:
+        """Makes one of the team's succeeded jobs the one standing for it in its phase."""
+        return self._stub.SelectSubmission(scorer_pb2.SelectSubmissionRequest(job_id=job_id),
+                                           timeout=self._deadline)
+
+    def rerun(self, track: Track | str, phase_name: str, every: bool = False,
+              into_phase_name: str = "") -> list[scorer_pb2.Job]:
+        """Organisers: the phase's standing submissions (every succeeded one with `every`)
+        evaluated again, as new jobs, in `into_phase_name` (default: the same phase)."""
+        request = scorer_pb2.RerunPhaseRequest(track=TRACK_MESSAGES[Track(track)],
+                                               phase_name=phase_name, all=every,
+                                               into_phase_name=into_phase_name)
+        return list(self._stub.RerunPhase(request, timeout=self._deadline).jobs)
+
+    def publish(self, track: Track | str, phase_name: str) -> scorer_pb2.LeaderboardResponse:
+        """Organisers: makes a hidden leaderboard public; returns it."""
+        request = scorer_pb2.PublishLeaderboardRequest(track=TRACK_MESSAGES[Track(track)],
+                                                       phase_name=phase_name)
+        return self._stub.PublishLeaderboard(request, timeout=self._deadline)
 
     def job_images(self, job_id: str) -> list[scorer_pb2.ImageResult]:
         """Each image's PSNR and MS-SSIM measured so far, in the dataset's order (the job's
@@ -254,7 +287,7 @@ def leaderboard_rows(board: scorer_pb2.LeaderboardResponse) -> list[dict[str, An
          "runtime_ms": e.runtime_ms, "baseline_runtime_ms": e.baseline_runtime_ms,
          "device": e.device, "peak_memory_mb": e.peak_memory_mb,
          "score_a": e.scores.score_a, "score_b": e.scores.score_b, "score_c": e.scores.score_c,
-         "timing_flag": e.timing_flag}
+         "timing_flag": e.timing_flag, "baseline": e.baseline}
         for e in board.entries
     ]
 
@@ -286,10 +319,17 @@ def job_summary(job: scorer_pb2.Job) -> dict[str, Any]:
         "team": job.team,
         "model_name": job.model_name,
         "model_sha256": job.model_sha256,
+        "phase_name": job.phase_name,
         "images_done": job.progress.images_done,
         "images_total": job.progress.images_total,
         "stage": job.progress.stage,
+        "selected": job.selected,
+        "baseline": job.baseline,
+        "rerun_of": job.rerun_of,
     }
+    if job.state == scorer_pb2.JOB_STATE_QUEUED and job.queue_position:
+        summary.update(queue_position=job.queue_position,
+                       estimated_start=job.estimated_start.ToJsonString())
     if job.state == scorer_pb2.JOB_STATE_SUCCEEDED:
         r = job.result
         summary.update(
@@ -318,4 +358,5 @@ def job_summary(job: scorer_pb2.Job) -> dict[str, Any]:
         )
     if job.error:
         summary["error"] = job.error
+        summary["failure_kind"] = job.failure_kind
     return summary

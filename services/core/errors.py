@@ -2,13 +2,21 @@
 
 
 class PirmError(Exception):
-    """Base of the errors our services report to clients; `status` is a grpc.StatusCode name."""
+    """Base of the errors our services report to clients; `status` is a grpc.StatusCode name.
+    `retry_after_s`: when the call may succeed if made again (a quota that resets, a phase that
+    opens), sent as trailing metadata `retry-after-s`."""
 
     status = "INTERNAL"
 
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """Trailing metadata sent with the status (machine-readable hints)."""
-        return ()
+        if self.retry_after_s is None:
+            return ()
+        return (("retry-after-s", f"{self.retry_after_s:.0f}"),)
 
 
 class InvalidArgument(PirmError):
@@ -33,15 +41,6 @@ class FailedPrecondition(PirmError):
 
 class ResourceExhausted(PirmError):
     status = "RESOURCE_EXHAUSTED"
-
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        if self.retry_after_s is None:
-            return ()
-        return (("retry-after-s", f"{self.retry_after_s:.0f}"),)
 
 
 class Unavailable(PirmError):

@@ -27,6 +27,7 @@ class BoardRow:
     score_b: float
     score_c: float
     timing_flag: str = ""  # why its timing is not trusted (--timing-check flag), if it is not
+    baseline: bool = False  # a baseline's row, ranked among the teams as the paper's tables do
 
     @property
     def on_gpu(self) -> bool:

@@ -101,7 +101,8 @@ def _board_table(rows: list[BoardRow], focus_job: str) -> str:
     body = []
     for r in rows:
         team = escape(r.team) + (f' <span title="{escape(r.timing_flag)}">(!)</span>'
-                                 if r.timing_flag else "")
+                                 if r.timing_flag else "") + (" <em>(baseline)</em>"
+                                                              if r.baseline else "")
         cells = [str(r.rank), team, escape(r.model_name)]
         numbers = [_number(r.psnr, 3), _number(r.msssim, 4), _number(r.mos, 2),
                    _number(r.runtime_ms if not r.on_gpu else None, 1),

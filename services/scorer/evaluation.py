@@ -35,6 +35,7 @@ from services.scorer.scoring import (
     ScoreConstants,
     ScoreInputs,
     Scores,
+    TrackConstants,
     compute_scores,
     score_constants,
 )
@@ -109,6 +110,8 @@ class EvaluationSettings:
     # A model whose timing is not trusted (it appears to recognise the timing input): its job
     # fails ("fail"), or succeeds flagged on the leaderboard ("flag"), the organisers' choice.
     timing_check: str = "fail"
+    # A challenge's own score constants per track (its definition file); SPEC.md's otherwise.
+    constants: dict[Track, TrackConstants] = field(default_factory=dict)
 
 
 def baseline_name(track: Track) -> str:
@@ -336,6 +339,7 @@ def _score_inputs(spec: JobSpec, psnr: float, msssim: float, runtime: DeviceTimi
         mos=mos,
         kappa=settings.kappa,
         mos_ref=settings.mos_ref.get(spec.track),
+        constants=settings.constants.get(spec.track),
     )
 
 

@@ -39,6 +39,15 @@ class JobSpec:
     output_tensor: str = ""
     repository_model: str = ""  # "name/version" in the inference repository, instead of bytes
     sharded: bool = False  # its quality stage is done by batch shards, which report each image
+    phase_name: str = ""  # the challenge's phase; empty: the one named like `phase`
+    rerun_of: str = ""  # the job it evaluates again (an organiser's rerun)
+    baseline: bool = False  # a baseline model's job, submitted by the scorer itself
+
+    def __post_init__(self) -> None:
+        # One spelling for "the phase named like `phase`", so a spec read back equals the one
+        # stored.
+        if not self.phase_name:
+            object.__setattr__(self, "phase_name", self.phase.value)
 
     @property
     def inference_name(self) -> str:
@@ -109,3 +118,6 @@ class Job:
     images_total: int = 0
     stage: str = ""
     result: JobResult | None = field(default=None)
+    # Why it failed: "model" (the submission's own failure) or "platform" (never counted
+    # against a team's quota).
+    failure_kind: str = ""

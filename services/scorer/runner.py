@@ -7,7 +7,7 @@ import threading
 import time
 
 from services.common.incidents import report_incident
-from services.core.errors import Cancelled, PirmError
+from services.core.errors import Cancelled, InvalidArgument, PirmError
 from services.core.jobs import JobState
 from services.core.track import Track
 from services.scorer.evaluation import (
@@ -24,6 +24,8 @@ from services.scorer.store import JobStore
 from services.scorer.telemetry import job_finished
 
 log = logging.getLogger(__name__)
+# Whose failure a failed job is: a team's quota counts the model's, never the platform's.
+MODEL, PLATFORM = "model", "platform"
 
 
 class JobRunner:
@@ -40,7 +42,7 @@ class JobRunner:
         self.metrics = metrics
         self.settings = settings
         self.baselines = BaselineTimings(inference, settings)
-        self._concurrency = concurrency
+        self.concurrency = concurrency
         self._changed = threading.Condition()
         self._version = 0
         self._stopping = threading.Event()
@@ -53,7 +55,7 @@ class JobRunner:
         requeued = self.store.requeue_running()
         if requeued:
             log.info("resuming interrupted jobs", extra={"jobs": requeued})
-        for index in range(self._concurrency):
+        for index in range(self.concurrency):
             thread = threading.Thread(target=self._work, name=f"job-runner-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -166,21 +168,23 @@ class JobRunner:
             if evaluation.expired:
                 self._fail(job, f"the job ran longer than its time limit of "
                                 f"{self.settings.job_timeout_s:.0f} s (--job-timeout-s) and was "
-                                "stopped")
+                                "stopped", MODEL)
             else:
                 log.info("job cancelled", extra={"job_id": job.job_id})
         except PirmError as error:
-            self._fail(job, str(error))
+            # The model's own failures (it fails on an input, exceeds a limit, games the clock)
+            # are InvalidArgument; the rest (a service unavailable, a lost timing) are ours.
+            self._fail(job, str(error), MODEL if isinstance(error, InvalidArgument) else PLATFORM)
         except Exception:  # noqa: BLE001 - a job fails, the runner survives
             # Teams read job errors: the detail goes to the log only.
-            self._fail(job, report_incident(log, "job crashed", job_id=job.job_id))
+            self._fail(job, report_incident(log, "job crashed", job_id=job.job_id), PLATFORM)
         else:
             if self.store.finish(job.job_id, JobState.SUCCEEDED, result=result):
                 log.info("job succeeded", extra={"job_id": job.job_id, "psnr": result.psnr,
                                                  "msssim": result.msssim})
 
-    def _fail(self, job: Job, error: str) -> None:
-        log.info("job failed", extra={"job_id": job.job_id, "error": error})
-        self.store.finish(job.job_id, JobState.FAILED, error=error)
+    def _fail(self, job: Job, error: str, kind: str) -> None:
+        log.info("job failed", extra={"job_id": job.job_id, "error": error, "kind": kind})
+        self.store.finish(job.job_id, JobState.FAILED, error=error, failure_kind=kind)
 
 

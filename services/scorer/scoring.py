@@ -72,6 +72,11 @@ class ScoreInputs:
     mos: float | None = None
     kappa: float = KAPPA
     mos_ref: float | None = None  # None: the track's published value
+    constants: TrackConstants | None = None  # a challenge's own; None: SPEC.md section 3
+
+    @property
+    def track_constants(self) -> TrackConstants:
+        return self.constants or TRACKS[self.track]
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ class ScoreConstants:
 
 def perceptual_term(inputs: ScoreInputs) -> float:
     """P - SSIM_base for the phase."""
-    constants = TRACKS[inputs.track]
+    constants = inputs.track_constants
     if inputs.phase is Phase.VALIDATION:
         return inputs.msssim - constants.ssim_base
     if inputs.mos is None:
@@ -96,7 +101,7 @@ def perceptual_term(inputs: ScoreInputs) -> float:
 
 
 def resolved_mos_ref(inputs: ScoreInputs) -> float:
-    mos_ref = inputs.mos_ref if inputs.mos_ref is not None else TRACKS[inputs.track].mos_ref
+    mos_ref = inputs.mos_ref if inputs.mos_ref is not None else inputs.track_constants.mos_ref
     if mos_ref is None:
         raise InvalidArgument(
             f"track {inputs.track.value} has no published baseline MOS; give mos_ref explicitly"
@@ -113,7 +118,7 @@ def speed_term(runtime_ms: float, baseline_runtime_ms: float) -> float:
 
 
 def compute_scores(inputs: ScoreInputs) -> Scores:
-    constants = TRACKS[inputs.track]
+    constants = inputs.track_constants
     fidelity = inputs.psnr - constants.psnr_base
     perceptual = perceptual_term(inputs)
     speed = speed_term(inputs.runtime_ms, inputs.baseline_runtime_ms)
@@ -126,7 +131,7 @@ def compute_scores(inputs: ScoreInputs) -> Scores:
 
 
 def score_constants(inputs: ScoreInputs) -> ScoreConstants:
-    constants = TRACKS[inputs.track]
+    constants = inputs.track_constants
     final = inputs.phase is Phase.FINAL
     return ScoreConstants(
         psnr_base=constants.psnr_base,

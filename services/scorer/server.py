@@ -29,8 +29,10 @@ from services.core.limits import DEFAULT_MAX_MODEL_BYTES, MIB
 from services.core.timing import TimingOptions
 from services.core.track import Track
 from services.scorer import telemetry
+from services.scorer.challenge import Challenge, load_challenge
 from services.scorer.clients import InferencePool, MetricsPool
 from services.scorer.evaluation import EvaluationSettings
+from services.scorer.phases import submit_baselines
 from services.scorer.runner import JobRunner
 from services.scorer.samples import baseline_graph
 from services.scorer.scoring import KAPPA
@@ -57,6 +59,7 @@ class ScorerConfig:
     job_timeout_s: float = EvaluationSettings.job_timeout_s
     model_idle_s: float = EvaluationSettings.model_idle_s
     data_roots: tuple[Path, ...] = ()  # datasets must lie inside one; () = anywhere
+    challenge: Challenge | None = None  # the organisers' definition (--challenge); None: a tool
     timing_mode: str = "interleaved"
     timing_check: str = "fail"
     kappa: float = KAPPA
@@ -78,6 +81,7 @@ def create_server(address: str, config: ScorerConfig, workers: int = 64) -> Runn
         graph, origin = baseline_graph(track, config.baselines.get(track), config.state_dir)
         baselines[track] = graph
         log.info("baseline", extra={"track": track.value, "source": origin})
+    challenge = config.challenge
     settings = EvaluationSettings(
         baselines=baselines,
         timing=config.timing,
@@ -89,10 +93,15 @@ def create_server(address: str, config: ScorerConfig, workers: int = 64) -> Runn
         metrics_in_flight=config.metrics_in_flight,
         job_timeout_s=config.job_timeout_s,
         model_idle_s=config.model_idle_s,
+        constants={track: rule.constants for track, rule in challenge.tracks.items()}
+        if challenge is not None else {},
     )
     runner = JobRunner(store, inference, metrics, settings, config.concurrency)
     rules = SubmissionRules(config.max_model_bytes, config.limits, config.data_roots,
-                            config.mos_ref)
+                            config.mos_ref, challenge)
+    baselines_jobs = submit_baselines(store, challenge)
+    if baselines_jobs:
+        log.info("baseline entries", extra={"jobs": [j.job_id for j in baselines_jobs]})
     servicer = ScorerServicer(store, runner, inference, rules,
                               # a quarter of the threads stays free of WatchJob streams
                               max_watchers=max(1, workers * 3 // 4))
@@ -195,6 +204,10 @@ def main(argv: list[str] | None = None) -> None:
                                  if p],
                         help="a folder datasets must lie in (repeatable; env PIRM_DATA_ROOTS, "
                              "separated by ':'); none: any folder of this host")
+    parser.add_argument("--challenge", type=Path, default=env("PIRM_CHALLENGE", None, Path),
+                        help="the challenge's definition (YAML: tracks, phases, datasets, "
+                             "quotas, what teams see; see the README's section for organisers); "
+                             "none: any caller names its dataset (env PIRM_CHALLENGE)")
     parser.add_argument("--kappa", type=float, default=env("PIRM_KAPPA", KAPPA, float))
     parser.add_argument("--mos-ref-a", type=float, default=env("PIRM_MOS_REF_A", None, float))
     parser.add_argument("--mos-ref-b", type=float, default=env("PIRM_MOS_REF_B", None, float))
@@ -202,6 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     security = server_security(args, frozenset(Role))
+    try:
+        challenge = load_challenge(args.challenge) if args.challenge else None
+    except InvalidArgument as error:
+        raise SystemExit(f"error: {error}") from None
     config = ScorerConfig(
         inference=args.inference,
         metrics=args.metrics,
@@ -229,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         security=security,
         backends=backend_security(args, security),
         connections=ConnectionAge.from_args(args),
+        challenge=challenge,
     )
     stop_metrics = start_metrics_endpoint(args.host, args.metrics_port, telemetry.REGISTRY)
     serve_until_signalled(lambda: create_server(f"{args.host}:{args.port}", config, args.workers),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterator
 
@@ -10,13 +11,17 @@ from pirm.v1 import scorer_pb2, scorer_pb2_grpc
 
 from services.common.auth import caller
 from services.core.errors import InvalidArgument, ResourceExhausted
+from services.core.jobs import JobState
 from services.core.quality import PairQuality
+from services.core.track import EntryPolicy, Track
 from services.core.wire import (
     ENTRY_POLICIES,
     ENTRY_POLICY_MESSAGES,
     PHASE_MESSAGES,
     PHASES,
     RANK_BY,
+    RANK_BY_MESSAGES,
+    TRACK_MESSAGES,
     TRACKS,
     track_of,
 )
@@ -24,13 +29,28 @@ from services.scorer.access import check_staff, check_visible, submitting_team, 
 from services.scorer.crops import image_crops, job_images
 from services.scorer.evaluation import InferenceBackend
 from services.scorer.jobs import Job
-from services.scorer.leaderboard import leaderboard
+from services.scorer.phases import (
+    QueueEstimate,
+    board,
+    check_results_visible,
+    hides_images,
+    left_today,
+    phase_of,
+    queue_estimates,
+    rerun_phase,
+    select,
+)
 from services.scorer.runner import JobRunner
 from services.scorer.shards import record_image_results
 from services.scorer.store import JobStore
 from services.scorer.submission import Submission, SubmissionRules, vet_model, with_mos
 from services.scorer.telemetry import job_submitted
-from services.scorer.wire import job_message, leaderboard_entry_message
+from services.scorer.wire import (
+    JobView,
+    challenge_message,
+    job_message,
+    leaderboard_entry_message,
+)
 
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
@@ -50,15 +70,18 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     def SubmitJob(
         self, request: scorer_pb2.SubmitJobRequest, context: grpc.ServicerContext
     ) -> scorer_pb2.Job:
-        accepted = self.rules.accept(submission_of(request, submitting_team(caller(),
-                                                                            request.team)))
+        principal = caller()
+        accepted = self.rules.accept(submission_of(request, submitting_team(principal,
+                                                                            request.team)),
+                                     by_team=principal.is_team)
         vet_model(accepted, self.inference)
         job, created = self.store.create_job(accepted.spec, accepted.model, self.rules.limits,
-                                             images_total=accepted.images)
+                                             images_total=accepted.images,
+                                             quota=accepted.quota)
         if created:
             job_submitted(accepted.spec.track)
         self.runner.notify()
-        return job_message(job)
+        return self._message(job)
 
     def ReportImageResults(self, request: scorer_pb2.ReportImageResultsRequest,
                            context: grpc.ServicerContext) -> scorer_pb2.Job:
@@ -66,11 +89,12 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         results = {r.image: PairQuality(psnr=r.psnr, msssim=r.msssim) for r in request.results}
         job = record_image_results(self.store, request.job_id, results, request.error)
         self.runner.notify()  # watchers see the progress; a complete job can now be claimed
-        return job_message(job)
+        return self._message(job)
 
     def GetJobImages(self, request: scorer_pb2.GetJobImagesRequest,
                      context: grpc.ServicerContext) -> scorer_pb2.GetJobImagesResponse:
-        self._visible_job(request.job_id)
+        job = self._visible_job(request.job_id)
+        check_results_visible(self.rules.challenge, caller(), job, crops=False)
         return scorer_pb2.GetJobImagesResponse(images=[
             scorer_pb2.ImageResult(image=name, psnr=q.psnr, msssim=q.msssim)
             for name, q in job_images(self.store, request.job_id)])
@@ -78,6 +102,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     def GetImageCrops(self, request: scorer_pb2.GetImageCropsRequest,
                       context: grpc.ServicerContext) -> scorer_pb2.GetImageCropsResponse:
         job = self._visible_job(request.job_id)
+        check_results_visible(self.rules.challenge, caller(), job, crops=True)
         crops = image_crops(job, self.store, self.inference, list(request.images), request.size)
         return scorer_pb2.GetImageCropsResponse(crops=[
             scorer_pb2.ImageCrops(image=c.image, input_png=c.input_png, output_png=c.output_png,
@@ -87,7 +112,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     def CancelJob(self, request: scorer_pb2.CancelJobRequest, context: grpc.ServicerContext
                   ) -> scorer_pb2.Job:
         self._visible_job(request.job_id)
-        return job_message(self.runner.cancel(request.job_id))
+        return self._message(self.runner.cancel(request.job_id))
 
     def SetMos(self, request: scorer_pb2.SetMosRequest, context: grpc.ServicerContext
                ) -> scorer_pb2.Job:
@@ -96,11 +121,11 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         result = with_mos(job, request.mos, self.runner.settings)
         updated = self.store.rescore(job.job_id, request.mos, result)
         self.runner.notify()
-        return job_message(updated)
+        return self._message(updated)
 
     def GetJob(self, request: scorer_pb2.GetJobRequest, context: grpc.ServicerContext
                ) -> scorer_pb2.Job:
-        return job_message(self._visible_job(request.job_id))
+        return self._message(self._visible_job(request.job_id))
 
     def WatchJob(
         self, request: scorer_pb2.GetJobRequest, context: grpc.ServicerContext
@@ -119,7 +144,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         last = None
         version = self.runner.version
         while context.is_active():
-            message = job_message(self.store.get_job(job_id))
+            message = self._message(self.store.get_job(job_id))
             if message != last:
                 yield message
                 last = message
@@ -133,23 +158,69 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     ) -> scorer_pb2.ListJobsResponse:
         track = TRACKS.get(request.track)
         jobs = self.store.list_jobs(team=visible_team(caller(), request.team), track=track)
-        return scorer_pb2.ListJobsResponse(jobs=[job_message(job) for job in jobs])
+        queue = queue_estimates(self.store, self.runner.concurrency)
+        return scorer_pb2.ListJobsResponse(jobs=[self._message(job, queue) for job in jobs])
 
     def Leaderboard(
         self, request: scorer_pb2.LeaderboardRequest, context: grpc.ServicerContext
     ) -> scorer_pb2.LeaderboardResponse:
         track = track_of(request.track)
-        phase = PHASES[request.phase]
-        by = RANK_BY[request.by]
-        policy = ENTRY_POLICIES[request.policy]
-        entries = leaderboard(self.store.list_jobs(track=track), track, phase, by, policy)
+        phase = request.phase_name or PHASES[request.phase].value
+        policy = (None if request.policy == scorer_pb2.ENTRY_POLICY_UNSPECIFIED
+                  else ENTRY_POLICIES[request.policy])  # unspecified: the phase's rule
+        return self._board(track, phase, RANK_BY[request.by], policy)
+
+    def GetChallenge(self, request: scorer_pb2.GetChallengeRequest,
+                     context: grpc.ServicerContext) -> scorer_pb2.Challenge:
+        principal, now = caller(), dt.datetime.now(dt.UTC)
+        return challenge_message(self.rules.challenge, now, lambda track, rule: left_today(
+            self.store, principal, rule, track, now))
+
+    def SelectSubmission(self, request: scorer_pb2.SelectSubmissionRequest,
+                         context: grpc.ServicerContext) -> scorer_pb2.Job:
+        job = select(self.store, self._visible_job(request.job_id))
+        self.runner.notify()
+        return self._message(job)
+
+    def RerunPhase(self, request: scorer_pb2.RerunPhaseRequest,
+                   context: grpc.ServicerContext) -> scorer_pb2.RerunPhaseResponse:
+        check_staff(caller(), "rerunning a phase")
+        jobs = rerun_phase(self.store, self.rules.challenge, track_of(request.track),
+                           request.phase_name, request.all, request.into_phase_name)
+        self.runner.notify()
+        return scorer_pb2.RerunPhaseResponse(jobs=[self._message(job) for job in jobs])
+
+    def PublishLeaderboard(self, request: scorer_pb2.PublishLeaderboardRequest,
+                           context: grpc.ServicerContext) -> scorer_pb2.LeaderboardResponse:
+        check_staff(caller(), "publishing a leaderboard")
+        track = track_of(request.track)
+        if self.rules.challenge is not None:
+            self.rules.challenge.phase(track, request.phase_name)  # a phase it has
+        self.store.publish(track, request.phase_name)
+        return self._board(track, request.phase_name, "a", None)
+
+    def _board(self, track: Track, phase: str, by: str,
+               policy: EntryPolicy | None) -> scorer_pb2.LeaderboardResponse:
+        shown = board(self.store, self.rules.challenge, caller(), track, phase, by, policy)
         return scorer_pb2.LeaderboardResponse(
-            track=request.track,
-            by=request.by or scorer_pb2.RANK_BY_SCORE_A,
-            phase=PHASE_MESSAGES[phase],
-            policy=ENTRY_POLICY_MESSAGES[policy],
-            entries=[leaderboard_entry_message(entry) for entry in entries],
-        )
+            track=TRACK_MESSAGES[track], by=RANK_BY_MESSAGES[by],
+            phase=PHASE_MESSAGES[shown.scoring], policy=ENTRY_POLICY_MESSAGES[shown.policy],
+            entries=[leaderboard_entry_message(entry) for entry in shown.entries],
+            phase_name=phase, hidden=shown.hidden)
+
+    def _message(self, job: Job, queue: dict[str, QueueEstimate] | None = None
+                 ) -> scorer_pb2.Job:
+        """The job as this caller may read it (wire.JobView)."""
+        principal = caller()
+        if queue is None and job.state is JobState.QUEUED:
+            queue = queue_estimates(self.store, self.runner.concurrency)
+        in_phase = phase_of(self.rules.challenge, job) is not None
+        selected = self.store.selections(job.spec.track, job.spec.phase_name).get(
+            job.spec.team) == job.job_id
+        return job_message(job, JobView(
+            hide_dataset=principal.is_team and in_phase,
+            hide_images=hides_images(self.rules.challenge, principal, job),
+            selected=selected, queue=(queue or {}).get(job.job_id)))
 
     def _visible_job(self, job_id: str) -> Job:
         return check_visible(caller(), self.store.get_job(job_id))
@@ -162,6 +233,7 @@ def submission_of(request: scorer_pb2.SubmitJobRequest, team: str) -> Submission
     source = request.WhichOneof("model")
     return Submission(
         track=track_of(request.track), phase=phase, dataset=request.dataset, team=team,
+        phase_name=request.phase_name,
         graph_def=request.graph_def if source == "graph_def" else None,
         repository_model=(f"{request.repository.name}/{request.repository.version}"
                           if source == "repository" else ""),

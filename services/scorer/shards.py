@@ -29,8 +29,9 @@ def record_image_results(store: JobStore, job_id: str, results: dict[str, PairQu
     if results:
         job = store.put_shard_results(job_id, results)
     if error:
+        # A shard reports its model's own failure on an image (batch/shard.py).
         store.finish(job_id, JobState.FAILED, error=f"batch shard: {error}",
-                     from_state=JobState.QUEUED)
+                     from_state=JobState.QUEUED, failure_kind="model")
         job = store.get_job(job_id)
     return job
 

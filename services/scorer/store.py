@@ -54,6 +54,19 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_request ON jobs(team, request_id)
     WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
+CREATE TABLE IF NOT EXISTS selections (
+    team TEXT NOT NULL,
+    track TEXT NOT NULL,
+    phase_name TEXT NOT NULL,
+    job_id TEXT NOT NULL REFERENCES jobs(job_id),
+    PRIMARY KEY (team, track, phase_name)
+);
+CREATE TABLE IF NOT EXISTS publications (
+    track TEXT NOT NULL,
+    phase_name TEXT NOT NULL,
+    published REAL NOT NULL,
+    PRIMARY KEY (track, phase_name)
+);
 CREATE TABLE IF NOT EXISTS image_results (
     job_id TEXT NOT NULL REFERENCES jobs(job_id),
     image TEXT NOT NULL,
@@ -62,6 +75,42 @@ CREATE TABLE IF NOT EXISTS image_results (
     PRIMARY KEY (job_id, image)
 );
 """
+
+
+# Columns added to the jobs table after its first release, with their declarations.
+_ADDED_COLUMNS = {
+    "sharded": "INTEGER NOT NULL DEFAULT 0",
+    "phase_name": "TEXT NOT NULL DEFAULT ''",
+    "rerun_of": "TEXT NOT NULL DEFAULT ''",
+    "baseline": "INTEGER NOT NULL DEFAULT 0",
+    "failure_kind": "TEXT NOT NULL DEFAULT ''",
+}
+
+
+@dataclass(frozen=True)
+class DailyQuota:
+    """A team's submissions to a track's phase per UTC day (the challenge's rule)."""
+
+    limit: int
+    day_start: float  # the current UTC day's start, epoch seconds
+    day_end: float
+    count_failed: bool  # the team's own failed submissions count; the platform's never do
+
+    def refusal(self, team: str, track: Track, phase: str, now: float) -> ResourceExhausted:
+        wait = max(1.0, self.day_end - now)
+        return ResourceExhausted(
+            f"team {team!r} has made its {self.limit} submission"
+            f"{'s' if self.limit != 1 else ''} of the day (UTC) to track {track.value}'s "
+            f"{phase} phase; the quota resets at 00:00 UTC, in {in_words(wait)}", wait)
+
+
+def in_words(seconds: float) -> str:
+    """A wait as people read it: 3 d 4 h, 5 h 12 min, 7 min."""
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    if days:
+        return f"{days} d {hours} h"
+    return f"{hours} h {rest // 60} min" if hours else f"{max(1, rest // 60)} min"
 
 
 @dataclass(frozen=True)
@@ -86,8 +135,9 @@ class JobStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "sharded" not in columns:  # a store made before sharded jobs existed
-            self._db.execute("ALTER TABLE jobs ADD COLUMN sharded INTEGER NOT NULL DEFAULT 0")
+        for column, declaration in _ADDED_COLUMNS.items():  # a store made before they existed
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -126,7 +176,8 @@ class JobStore:
     # -- jobs ----------------------------------------------------------------------------
 
     def create_job(self, spec: JobSpec, model: bytes | None,
-                   limits: QueueLimits | None = None, images_total: int = 0) -> tuple[Job, bool]:
+                   limits: QueueLimits | None = None, images_total: int = 0,
+                   quota: DailyQuota | None = None) -> tuple[Job, bool]:
         """Stores a new job (and its model), or returns the job of the same request id (even
         beyond the limits: it is not a new job). Returns (job, created). A sharded job needs
         its `images_total`: it waits until that many images have been reported."""
@@ -140,6 +191,10 @@ class JobStore:
                     return _job(row), False
             if limits is not None:
                 _admit(db, spec.team, limits)
+            if quota is not None:  # in the same transaction: two at once cannot both pass
+                used = _submissions_of_the_day(db, spec, quota)
+                if used >= quota.limit:
+                    raise quota.refusal(spec.team, spec.track, spec.phase_name, time.time())
             if model is not None:
                 db.execute(
                     "INSERT OR IGNORE INTO models (sha256, data) VALUES (?, ?)",
@@ -149,12 +204,13 @@ class JobStore:
             db.execute(
                 """INSERT INTO jobs (job_id, request_id, team, track, phase, dataset,
                    model_sha256, model_name, repository_model, mos, input_tensor, output_tensor,
-                   state, created, sharded, images_total, stage)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   state, created, sharded, images_total, stage, phase_name, rerun_of, baseline)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (job_id, spec.request_id, spec.team, spec.track.value, spec.phase.value,
                  spec.dataset, spec.model_sha256, spec.model_name, spec.repository_model,
                  spec.mos, spec.input_tensor, spec.output_tensor, JobState.QUEUED.value,
-                 time.time(), spec.sharded, images_total, SHARDS_STAGE if spec.sharded else ""),
+                 time.time(), spec.sharded, images_total, SHARDS_STAGE if spec.sharded else "",
+                 spec.phase_name, spec.rerun_of, spec.baseline),
             )
             row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return _job(row), True
@@ -166,12 +222,15 @@ class JobStore:
             raise NotFound(f"no job with id {job_id!r}")
         return _job(row)
 
-    def list_jobs(self, team: str = "", track: Track | None = None) -> list[Job]:
+    def list_jobs(self, team: str = "", track: Track | None = None,
+                  state: JobState | None = None) -> list[Job]:
         query, params = "SELECT * FROM jobs WHERE 1 = 1", list[object]()
         if team:
             query, params = query + " AND team = ?", [*params, team]
         if track is not None:
             query, params = query + " AND track = ?", [*params, track.value]
+        if state is not None:
+            query, params = query + " AND state = ?", [*params, state.value]
         with self._lock:
             rows = self._db.execute(query + " ORDER BY created", params).fetchall()
         return [_job(row) for row in rows]
@@ -252,19 +311,70 @@ class JobStore:
 
     def finish(
         self, job_id: str, state: JobState, result: JobResult | None = None, error: str = "",
-        from_state: JobState = JobState.RUNNING,
+        from_state: JobState = JobState.RUNNING, failure_kind: str = "",
     ) -> bool:
         """A running job's final state (a sharded job fails from QUEUED, while it waits for
         its shards); False if it was no longer in `from_state` (cancelled meanwhile, failed by
-        another shard), in which case nothing changes."""
+        another shard), in which case nothing changes. A failure is the model's own
+        ("model") or the platform's ("platform")."""
         with self._transaction() as db:
             cursor = db.execute(
-                "UPDATE jobs SET state = ?, result = ?, error = ?, finished = ?, stage = ? "
-                "WHERE job_id = ? AND state = ?",
+                "UPDATE jobs SET state = ?, result = ?, error = ?, finished = ?, stage = ?, "
+                "failure_kind = ? WHERE job_id = ? AND state = ?",
                 (state.value, result.to_json() if result else None, error, time.time(), "",
-                 job_id, from_state.value),
+                 failure_kind, job_id, from_state.value),
             )
             return cursor.rowcount == 1
+
+    def submissions_left(self, spec: JobSpec, quota: DailyQuota) -> int:
+        with self._lock:
+            return max(0, quota.limit - _submissions_of_the_day(self._db, spec, quota))
+
+    # -- the challenge's leaderboards ------------------------------------------------------
+
+    def select(self, job: Job) -> None:
+        """`job` stands for its team in its phase from now on."""
+        spec = job.spec
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO selections (team, track, phase_name, job_id) "
+                       "VALUES (?, ?, ?, ?)", (spec.team, spec.track.value, spec.phase_name,
+                                               job.job_id))
+
+    def selections(self, track: Track, phase_name: str) -> dict[str, str]:
+        """team -> the job it selected in the phase."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT team, job_id FROM selections WHERE track = ? AND phase_name = ?",
+                (track.value, phase_name)).fetchall()
+        return {row["team"]: row["job_id"] for row in rows}
+
+    def publish(self, track: Track, phase_name: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO publications (track, phase_name, published) "
+                       "VALUES (?, ?, ?)", (track.value, phase_name, time.time()))
+
+    def published(self, track: Track, phase_name: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM publications WHERE track = ? AND phase_name = ?",
+                (track.value, phase_name)).fetchone()
+        return row is not None
+
+    def queue(self) -> list[str]:
+        """The queued jobs' ids in the order they will be claimed."""
+        with self._lock:
+            rows = self._db.execute("SELECT job_id FROM jobs WHERE state = ? ORDER BY created",
+                                    (JobState.QUEUED.value,)).fetchall()
+        return [row["job_id"] for row in rows]
+
+    def recent_durations(self, count: int = 20) -> list[float]:
+        """How long the last `count` succeeded jobs ran, in seconds, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT finished - started FROM jobs WHERE state = ? AND started IS NOT NULL "
+                "AND finished IS NOT NULL ORDER BY finished DESC LIMIT ?",
+                (JobState.SUCCEEDED.value, count)).fetchall()
+        return [float(row[0]) for row in rows]
 
     # -- per-image results ---------------------------------------------------------------
 
@@ -344,6 +454,19 @@ def _admit(db: sqlite3.Connection, team: str, limits: QueueLimits) -> None:
             f"{limits.retry_after_s:.0f} s", limits.retry_after_s)
 
 
+def _submissions_of_the_day(db: sqlite3.Connection, spec: JobSpec, quota: DailyQuota) -> int:
+    """The team's submissions to the track's phase since the UTC day began: queued, running
+    and succeeded ones; its own failures if they count; never the platform's failures, a
+    cancelled job, a rerun or a baseline's job (the organisers made those)."""
+    failed = "OR (state = 'FAILED' AND failure_kind != 'platform')" if quota.count_failed else ""
+    row = db.execute(
+        "SELECT COUNT(*) FROM jobs WHERE team = ? AND track = ? AND phase_name = ? "
+        "AND created >= ? AND rerun_of = '' AND baseline = 0 "
+        f"AND (state IN ('QUEUED', 'RUNNING', 'SUCCEEDED') {failed})",
+        (spec.team, spec.track.value, spec.phase_name, quota.day_start)).fetchone()
+    return int(row[0])
+
+
 def _job(row: sqlite3.Row) -> Job:
     spec = JobSpec(
         track=Track(row["track"]),
@@ -358,6 +481,9 @@ def _job(row: sqlite3.Row) -> Job:
         output_tensor=row["output_tensor"],
         repository_model=row["repository_model"],
         sharded=bool(row["sharded"]),
+        phase_name=row["phase_name"],
+        rerun_of=row["rerun_of"],
+        baseline=bool(row["baseline"]),
     )
     return Job(
         job_id=row["job_id"],
@@ -371,4 +497,5 @@ def _job(row: sqlite3.Row) -> Job:
         images_total=row["images_total"],
         stage=row["stage"],
         result=JobResult.from_json(row["result"]) if row["result"] else None,
+        failure_kind=row["failure_kind"],
     )

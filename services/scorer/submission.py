@@ -4,20 +4,28 @@ messages), and the tests call directly."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.core.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+)
 from services.core.jobs import JobState
 from services.core.limits import DEFAULT_MAX_MODEL_BYTES, check_model_size, confined_path
 from services.core.track import Phase, Track
+from services.scorer.challenge import Challenge, PhaseRule
 from services.scorer.evaluation import EvaluationSettings, InferenceBackend, rescored
 from services.scorer.jobs import Job, JobResult, JobSpec
+from services.scorer.phases import daily_quota
 from services.scorer.protocol import quality_items, timing_image_path
-from services.scorer.scoring import TRACKS
-from services.scorer.store import QueueLimits
+from services.scorer.scoring import TRACKS, TrackConstants
+from services.scorer.store import DailyQuota, QueueLimits, in_words
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class Submission:
     input_tensor: str = ""
     output_tensor: str = ""
     sharded: bool = False
+    phase_name: str = ""  # the challenge's phase; empty: named like `phase`
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class Accepted:
     spec: JobSpec
     model: bytes | None  # the bytes to store (none for a repository model)
     images: int
+    quota: DailyQuota | None = None  # checked by the store as it creates the job
 
 
 @dataclass(frozen=True)
@@ -52,23 +62,34 @@ class SubmissionRules:
     limits: QueueLimits = field(default_factory=QueueLimits)
     data_roots: tuple[Path, ...] = ()  # datasets must lie inside one; () = anywhere
     mos_ref: dict[Track, float] = field(default_factory=dict)  # the scorer's overrides
+    challenge: Challenge | None = None  # the organisers' definition; None: a tool
 
-    def accept(self, submission: Submission) -> Accepted:
-        """The job a submission makes, or InvalidArgument saying what to fix: its MOS, its
-        phase's baseline MOS, its dataset (inside the data roots, in the challenge layout,
-        not too many images) and its model's size."""
-        track, phase, mos = submission.track, submission.phase, submission.mos
+    def accept(self, submission: Submission, by_team: bool = False,
+               now: dt.datetime | None = None) -> Accepted:
+        """The job a submission makes, or an error saying what to fix: its phase (with a
+        challenge: open, and the dataset is the phase's), its MOS, its phase's baseline MOS,
+        its dataset (inside the data roots, in the challenge layout, not too many images) and
+        its model's size. `by_team`: the caller is a team (organisers may name any dataset)."""
+        now = now or dt.datetime.now(dt.UTC)
+        track, mos = submission.track, submission.mos
+        rule = self._phase_rule(submission, by_team, now)
+        phase = rule.scoring if rule is not None else submission.phase
         if mos is not None:
+            if by_team and rule is not None:
+                raise PermissionDenied("a MOS comes from the final phase's user study, which "
+                                       "the organisers run: submit the model only")
             check_mos(mos)
         # A final-phase job without a MOS is evaluated and waits, unranked, for SetMos; either
         # way its track needs a baseline MOS to be scored.
-        if phase is Phase.FINAL and TRACKS[track].mos_ref is None and track not in self.mos_ref:
+        if phase is Phase.FINAL and self.constants(track).mos_ref is None \
+                and track not in self.mos_ref:
             raise InvalidArgument(
                 f"track {track.value} has no published baseline MOS: start the scorer with "
                 f"--mos-ref-{track.value.lower()} to score its final phase")
-        if not submission.dataset:
+        if not submission.dataset and rule is None:
             raise InvalidArgument("give the dataset folder (challenge layout) to evaluate on")
-        dataset = confined_path(submission.dataset, self.data_roots)
+        dataset = (rule.dataset if not submission.dataset and rule is not None
+                   else confined_path(submission.dataset, self.data_roots))
         images = len(quality_items(track, dataset))  # a malformed dataset: refused now
         if images > self.limits.max_images_per_job:
             raise InvalidArgument(
@@ -87,8 +108,51 @@ class SubmissionRules:
             model_name=submission.model_name, team=submission.team,
             request_id=submission.request_id, mos=mos, input_tensor=submission.input_tensor,
             output_tensor=submission.output_tensor,
-            repository_model=submission.repository_model, sharded=submission.sharded)
-        return Accepted(spec, submission.graph_def, images)
+            repository_model=submission.repository_model, sharded=submission.sharded,
+            phase_name=rule.name if rule is not None else submission.phase_name)
+        quota = None
+        if by_team and rule is not None and rule.submissions_per_day is not None:
+            quota = daily_quota(rule, now)
+        return Accepted(spec, submission.graph_def, images, quota)
+
+    def constants(self, track: Track) -> TrackConstants:
+        if self.challenge is not None and track in self.challenge.tracks:
+            return self.challenge.tracks[track].constants
+        return TRACKS[track]
+
+    def _phase_rule(self, submission: Submission, by_team: bool,
+                    now: dt.datetime) -> PhaseRule | None:
+        """The challenge's phase the submission enters, checked for a team: named, open, and
+        without a dataset of the team's choosing. None: no challenge, or an organiser's run
+        on a dataset of its own."""
+        if self.challenge is None:
+            return None
+        track = self.challenge.track(submission.track)
+        if not submission.phase_name:
+            if not by_team:
+                return None
+            raise InvalidArgument(
+                f"name the phase to enter (--phase): track {track.track.value}'s phases are "
+                + ", ".join(f"{p.name} ({p.state_at(now)})" for p in track.phases))
+        rule = track.phase(submission.phase_name)
+        if not by_team:
+            return rule
+        if submission.dataset:
+            raise InvalidArgument(
+                "teams submit models, not datasets: the phase's dataset is used (leave the "
+                "dataset out)")
+        where = f"track {track.track.value}'s {rule.name} phase"
+        state = rule.state_at(now)
+        if state == "not open":
+            assert rule.opens is not None
+            wait = (rule.opens - now).total_seconds()
+            raise FailedPrecondition(f"{where} opens at {rule.opens:%Y-%m-%d %H:%M} UTC (in "
+                                     f"{in_words(wait)}); submit then", retry_after_s=wait)
+        if state == "closed":
+            assert rule.closes is not None
+            raise FailedPrecondition(f"{where} closed at {rule.closes:%Y-%m-%d %H:%M} UTC; it "
+                                     "takes no more submissions")
+        return rule
 
 
 def vet_model(accepted: Accepted, inference: InferenceBackend) -> None:
