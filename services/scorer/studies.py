@@ -37,6 +37,7 @@ from services.scorer.study import (
 )
 from services.scorer.study_store import CLOSED, Rater, Shown, StudyMethod, StudyRecord, StudyStore
 from services.scorer.submission import with_mos
+from services.scorer.telemetry import study_read
 
 STUDY_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 EXAMPLE_IMAGES = 3
@@ -123,8 +124,10 @@ class Studies:
     def report(self, study_id: str, seed: int = 0) -> StudyReport:
         study = self.store.study(study_id)
         answers = self.store.answers(study_id)
+        quality = qualities(answers, study.rule)
+        study_read(study_id, len(quality), sum(q.excluded for q in quality.values()))
         return StudyReport(study, study_mos(answers, len(study.methods), study.rule, seed),
-                           qualities(answers, study.rule), self.store.progress(study_id),
+                           quality, self.store.progress(study_id),
                            self.store.raters(study_id), answers)
 
     def close(self, study_id: str) -> StudyReport:

@@ -36,6 +36,7 @@ from services.scorer.challenge import load_challenge
 from services.scorer.samples import make_sample_dataset
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
+from services.scorer.telemetry import REGISTRY
 from services.study_web.server import RunningWeb
 from services.study_web.server import create_server as create_web
 from tests.cluster import TEST_TIMING, Cluster
@@ -322,6 +323,9 @@ def test_raters_in_a_real_browser_make_the_final_leaderboard(
     raters = {r.rater: r for r in following.raters}
     assert {r for r, q in raters.items() if q.excluded} == {careless}
     assert any("control" in reason for reason in raters[careless].reasons)
+    # the scorer's exclusions gauge (this test process hosts the scorer)
+    assert REGISTRY.get_sample_value("pirm_study_raters_excluded", {"study": "final-b"}) == 1
+    assert REGISTRY.get_sample_value("pirm_study_raters_measured", {"study": "final-b"}) == 4
     assert all(r.done == r.total for r in raters.values())
     assert [raters[r].worker_id for r in range(4)] == ["W0", "W1", "W2", "W3"]
 
