@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.core.track import Track
+from services.scorer.store import SqliteStore
 from services.scorer.study import Answer, QualityRule, StudyDesign, Task, TaskKind
 
 _SCHEMA = """
@@ -130,31 +128,9 @@ class Shown:
     total: int
 
 
-class StudyStore:
+class StudyStore(SqliteStore):
     def __init__(self, path: Path | str) -> None:
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
-                                   timeout=30.0)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, _SCHEMA)
 
     def create(self, study_id: str, track: Track, phase_name: str, design: StudyDesign,
                rule: QualityRule, methods: list[StudyMethod], images: list[str],

@@ -11,8 +11,11 @@ finalists."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -85,6 +88,10 @@ class Hosted:
                             security=ChannelSecurity(TOKENS[who]))
 
     @property
+    def cli_flags(self) -> tuple[str, ...]:
+        return ("--scorer", f"127.0.0.1:{self.scorer.port}", "--token", TOKENS["jury"])
+
+    @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.web.port}"
 
@@ -124,6 +131,11 @@ def study(hosted: Hosted) -> scorer_pb2.Study:
     return hosted.client("jury").create_study(
         "final-b", Track.B, "test", raters=4, ratings_per_pair=2, images=3, seed=5,
         controls_per_rater=2, repeats_per_rater=1, rule=RULE)
+
+
+def pirm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).parent / "pirm"), *args],
+                          capture_output=True, text=True, timeout=120, check=True)
 
 
 def refused(call: Any) -> grpc.RpcError:
@@ -211,7 +223,7 @@ def careful_level(store: Path, task_id: str) -> int:
     return max(1, min(4, (3, 2, 1)[method] + (rater + image) % 3 - 1))
 
 
-def browser(width: int, height: int, profile: Path) -> Any:
+def browser(width: int, height: int, profile: Path, phone: bool = False) -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -222,6 +234,9 @@ def browser(width: int, height: int, profile: Path) -> Any:
                  "--disable-component-update", "--disable-sync", "--hide-scrollbars",
                  f"--user-data-dir={profile}", f"--window-size={width},{height}"):
         options.add_argument(flag)
+    if phone:  # a desktop window cannot be made this narrow: emulate the phone's screen
+        options.add_experimental_option("mobileEmulation", {"deviceMetrics": {
+            "width": width, "height": height, "pixelRatio": 2.0, "touch": True}})
     return webdriver.Chrome(options=options,
                             service=Service(shutil.which("chromedriver") or "chromedriver"))
 
@@ -238,7 +253,8 @@ def wait_until(driver: Any, what: str, condition: Any, timeout_s: float = 60.0) 
 
 
 def play(driver: Any, hosted: Hosted, token: str, worker: str, careless: bool,
-         reload_at: int = -1, double_click_at: int = -1) -> tuple[dict[str, int], str]:
+         reload_at: int = -1, double_click_at: int = -1, screenshot: Path | None = None
+         ) -> tuple[dict[str, int], str]:
     """A rater's whole session through the page: the task ids and levels answered, and the
     completion code shown at the end."""
     from selenium.webdriver.common.action_chains import ActionChains
@@ -258,6 +274,12 @@ def play(driver: Any, hosted: Hosted, token: str, worker: str, careless: bool,
             driver.refresh()
             wait_until(driver, "the task after a reload", lambda s, t: s == "ready")
             assert state_of(driver)[1] == task
+        if step == 0 and screenshot is not None:
+            check_zoom(driver)
+            height = driver.execute_script("return window.innerHeight")
+            for button in driver.find_elements(By.CSS_SELECTOR, "#levels button"):
+                assert button.rect["y"] + button.rect["height"] <= height  # no scrolling
+            driver.save_screenshot(str(screenshot))
         level = 1 if careless else careful_level(hosted.store, task)
         if not careless:
             time.sleep(CAREFUL_WAIT_S)
@@ -272,6 +294,45 @@ def play(driver: Any, hosted: Hosted, token: str, worker: str, careless: bool,
         wait_until(driver, "the next task", lambda s, t, task=task: s == "finished" or (
             s in ("ready", "loading") and t != task))
         step += 1
+
+
+def check_zoom(driver: Any) -> None:
+    """Zooming in moves both images alike (one zoom for both), and Fit undoes it."""
+    from selenium.webdriver.common.by import By
+
+    def transforms() -> list[str]:
+        return [img.get_attribute("style") or "" for img in
+                driver.find_elements(By.CSS_SELECTOR, ".frame img")]
+
+    driver.find_element(By.ID, "zoom-in").click()
+    driver.find_element(By.ID, "zoom-in").click()
+    zoomed = transforms()
+    assert len(zoomed) == 2 and zoomed[0] == zoomed[1] and "scale(2.25)" in zoomed[0]
+    assert driver.find_element(By.ID, "zoom-level").text == "225%"
+    driver.find_element(By.ID, "zoom-reset").click()
+    assert all("scale(1)" in t for t in transforms())
+
+
+def check_phone_layout(hosted: Hosted, token: str, profile: Path, screenshot: Path) -> None:
+    """On a phone-sized window: no sideways scrolling, the two images side by side, the four
+    levels on screen."""
+    from selenium.webdriver.common.by import By
+
+    phone = browser(390, 844, profile, phone=True)
+    try:
+        phone.get(f"{hosted.base}/rate/{token}")
+        wait_until(phone, "the first task", lambda s, t: s == "ready")
+        assert phone.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth")
+        left, right = (phone.find_element(By.ID, side).rect for side in ("left", "right"))
+        assert left["x"] + left["width"] <= right["x"] and left["y"] == right["y"]
+        assert phone.execute_script("return window.innerWidth") == 390
+        height = phone.execute_script("return window.innerHeight")
+        for button in phone.find_elements(By.CSS_SELECTOR, "#levels button"):
+            assert button.is_displayed() and button.rect["y"] + button.rect["height"] <= height
+        phone.save_screenshot(str(screenshot))
+    finally:
+        phone.quit()
 
 
 def plain_mos(ratings: list[tuple[int, int, int, int]], excluded: set[int]) -> dict[int, float]:
@@ -299,6 +360,9 @@ def test_raters_in_a_real_browser_make_the_final_leaderboard(
     careless = 3
     given: dict[tuple[int, str], int] = {}
     codes = {}
+    # PIRM_STUDY_SCREENSHOTS=docs keeps the two screenshots the README shows
+    shots = Path(os.environ.get("PIRM_STUDY_SCREENSHOTS") or tmp_path)
+    check_phone_layout(hosted, tokens[2], tmp_path / "phone", shots / "study-phone.png")
     driver = browser(1280, 900, tmp_path / "profile")
     try:
         for rater, token in enumerate(tokens):
@@ -306,7 +370,9 @@ def test_raters_in_a_real_browser_make_the_final_leaderboard(
             answered, codes[rater] = play(driver, hosted, token, f"W{rater}",
                                           careless=rater == careless,
                                           reload_at=2 if rater == 0 else -1,
-                                          double_click_at=1 if rater in (1, 3) else -1)
+                                          double_click_at=1 if rater in (1, 3) else -1,
+                                          screenshot=shots / "study-desktop.png"
+                                          if rater == 0 else None)
             given.update({(rater, task): level for task, level in answered.items()})
         # a retried request (the network lost the answer's reply) records nothing new
         last_task = next(task for (rater, task) in given if rater == 0)
@@ -346,8 +412,15 @@ def test_raters_in_a_real_browser_make_the_final_leaderboard(
     assert total(samples, "pirm_study_ratings_total", recorded="repeat") == 1
     assert total(samples, "pirm_study_active_raters") == 4
 
-    closed = jury.close_study("final-b")
-    assert closed.state == "CLOSED"
+    cli = pirm("study", "status", "final-b", "--json", *hosted.cli_flags)
+    shown = json.loads(cli.stdout)
+    assert {m["team"]: m["mos"] for m in shown["methods"]} == pytest.approx(
+        {m.team: expected[m.method] for m in study.methods})
+    assert [r["excluded"] for r in shown["raters"]] == [False, False, False, True]
+
+    closed = pirm("study", "close", "final-b", *hosted.cli_flags).stdout
+    assert "closed: each finalist's job has its MOS" in closed
+    assert jury.study("final-b").state == "CLOSED"
     board = jury.leaderboard(Track.B, by="b", phase=Phase.FINAL, phase_name="test")
     mos_of_job = {m.job_id: expected[m.method] for m in study.methods}
     assert {e.job_id: e.mos for e in board.entries} == pytest.approx(mos_of_job)
@@ -356,6 +429,27 @@ def test_raters_in_a_real_browser_make_the_final_leaderboard(
     for entry in board.entries:  # the job itself carries its MOS, as SetMos would set it
         job = jury.get(entry.job_id)
         assert job.result.mos == pytest.approx(mos_of_job[entry.job_id])
+
+
+def test_the_report_shows_mos_intervals_agreement_exclusions_and_examples(
+        hosted: Hosted, study: scorer_pb2.Study, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    pirm("study", "report", "final-b", "--out", str(out), *hosted.cli_flags)
+    page = (out / "report.html").read_text()
+    current = hosted.client("jury").study("final-b")
+    for method in current.methods:
+        if method.HasField("mos"):
+            assert f"{method.mos:.3f}" in page and f"{method.mos_low:.3f}" in page
+    for section in ("MOS per method", "Rating distribution", "Rater agreement",
+                    "Raters and exclusions", "Example pairs"):
+        assert f"<h2>{section}</h2>" in page
+    for rater in current.raters:
+        for reason in rater.reasons:
+            assert reason in page
+    examples = sorted(p.name for p in out.glob("example-*.png"))
+    assert examples == sorted([f"example-{i}-input.png" for i in range(3)]
+                              + [f"example-{i}-method-{m}.png" for i in range(3)
+                                 for m in range(3)])
 
 
 def test_after_closing_a_finished_rater_reads_the_code_and_rates_no_more(
