@@ -179,6 +179,10 @@ def test_bad_requests_get_clear_errors(hosted: Hosted, study: scorer_pb2.Study) 
     assert error.code() == Code.PERMISSION_DENIED
     error = refused(lambda: hosted.client("alpha").next_study_task(study.raters[0].token))
     assert error.code() == Code.PERMISSION_DENIED  # only the web service serves raters
+    for call in (lambda: hosted.client("alpha").study("final-b"),  # the raters' tokens
+                 lambda: hosted.client("beta").study_report("final-b"),
+                 lambda: hosted.client("beta").close_study("final-b")):
+        assert refused(call).code() == Code.PERMISSION_DENIED
     error = refused(lambda: web.next_study_task("not-a-rater-token"))
     assert error.code() == Code.NOT_FOUND and "unknown rater token" in error.details()
     status, body = http(f"{hosted.base}/api/rate/not-a-rater-token/task")
