@@ -22,8 +22,8 @@ STAMP_CLIENT := $(CLIENT_VENV)/.installed
 # What running needs: Python packages, generated protobuf code, compiled metric kernels.
 setup: $(STAMP_INSTALL) $(STAMP_PROTOS) $(STAMP_KERNELS)
 
-# What only the tests use, on top of setup: a tritonclient environment, kubectl, Prometheus and
-# Chromium.
+# What only the tests use, on top of setup: a tritonclient environment, kubectl, Prometheus,
+# Chromium and its driver.
 test-tools: $(STAMP_CLIENT) kubectl prometheus chromium
 
 # The project is installed editable; the generated package `pirm.v1` is mapped to build/gen,
@@ -86,12 +86,17 @@ prometheus:
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
 
 # The report test renders `pirm report`'s HTML in headless Chromium (Debian's package) and
-# checks the screenshot and the DOM. Without apt-get the step does nothing and that test skips.
+# checks the screenshot and the DOM; the user study's test drives raters through the rating
+# page with Selenium and Debian's chromedriver (chromium-driver). Without apt-get the step
+# does nothing and those tests skip.
 chromium:
-	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || \
+	  ! command -v apt-get >/dev/null || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+	      chromium-driver || \
 	    { apt-get update && \
-	      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+	        chromium-driver; }
 
 # The main job: start the cluster, evaluate the SRCNN baselines of both tracks, print the leaderboards.
 run: setup

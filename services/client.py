@@ -38,7 +38,10 @@ SERVICE = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
 # value twice), shard results (an image is stored once), and SubmitJob, since this client
 # always sends a request id (the scorer returns the job it already made for that id).
 IDEMPOTENT = ("GetJob", "WatchJob", "ListJobs", "Leaderboard", "GetJobImages", "GetImageCrops",
-              "CancelJob", "SetMos", "ReportImageResults", "SubmitJob")
+              "CancelJob", "SetMos", "ReportImageResults", "SubmitJob", "GetStudy",
+              "GetStudyReport", "CloseStudy", "NextStudyTask", "GetStudyImage",
+              # a rating is stored once per (rater, task): a retry returns the first
+              "RateStudyTask")
 # A watch cut by UNAVAILABLE (a scorer restart, a pod moving, a connection recycled) is
 # opened again for this long before the client gives up.
 RECONNECT_S = 120.0
@@ -277,6 +280,61 @@ class ScorerClient:
         runs the job's model again on them."""
         request = scorer_pb2.GetImageCropsRequest(job_id=job_id, images=images, size=size)
         return list(self._stub.GetImageCrops(request, timeout=self._deadline).crops)
+
+
+    # -- the user study ------------------------------------------------------------------
+
+    def create_study(self, study_id: str, track: Track | str, phase_name: str, raters: int,
+                     ratings_per_pair: int = 3, images: int = 0, seed: int = 0,
+                     controls_per_rater: int | None = None,
+                     repeats_per_rater: int | None = None,
+                     rule: scorer_pb2.StudyRule | None = None,
+                     timeout_s: float = 3600.0) -> scorer_pb2.Study:
+        """Organisers: a user study of a final phase's finalists (each team's standing
+        submission and the baselines) on all the phase's images or `images` of them (seeded),
+        with `raters` rater links (StudyRater.token). The scorer runs every finalist on the
+        images before answering (hence the long deadline)."""
+        request = scorer_pb2.CreateStudyRequest(
+            study_id=study_id, track=TRACK_MESSAGES[Track(track)], phase_name=phase_name,
+            raters=raters, ratings_per_pair=ratings_per_pair, images=images, seed=seed,
+            rule=rule or scorer_pb2.StudyRule())
+        if controls_per_rater is not None:
+            request.controls_per_rater = controls_per_rater
+        if repeats_per_rater is not None:
+            request.repeats_per_rater = repeats_per_rater
+        return self._stub.CreateStudy(request, timeout=timeout_s)
+
+    def study(self, study_id: str) -> scorer_pb2.Study:
+        """Organisers: the study's progress, each method's MOS so far, each rater's checks."""
+        return self._stub.GetStudy(scorer_pb2.GetStudyRequest(study_id=study_id),
+                                   timeout=self._deadline)
+
+    def close_study(self, study_id: str) -> scorer_pb2.Study:
+        """Organisers: no more ratings; each finalist's job gets its MOS and is rescored."""
+        return self._stub.CloseStudy(scorer_pb2.GetStudyRequest(study_id=study_id),
+                                     timeout=self._deadline)
+
+    def study_report(self, study_id: str) -> scorer_pb2.StudyReport:
+        """Organisers: the study with every stored rating and a few example crops."""
+        return self._stub.GetStudyReport(scorer_pb2.GetStudyRequest(study_id=study_id),
+                                         timeout=self._deadline)
+
+    def next_study_task(self, token: str, worker_id: str = "",
+                        assignment_id: str = "") -> scorer_pb2.StudyTask:
+        """A rater's current task (finished: the completion code)."""
+        return self._stub.NextStudyTask(scorer_pb2.NextStudyTaskRequest(
+            token=token, worker_id=worker_id, assignment_id=assignment_id),
+            timeout=self._deadline)
+
+    def rate_study_task(self, token: str, task_id: str, level: int) -> scorer_pb2.StudyTask:
+        """A rater's answer (1..4), stored once; returns the rater's next task."""
+        return self._stub.RateStudyTask(scorer_pb2.RateStudyTaskRequest(
+            token=token, task_id=task_id, level=level), timeout=self._deadline)
+
+    def study_image(self, token: str, task_id: str, side: str) -> bytes:
+        """The PNG of a rater's task: side `input` or `result`."""
+        return bytes(self._stub.GetStudyImage(scorer_pb2.GetStudyImageRequest(
+            token=token, task_id=task_id, side=side), timeout=self._deadline).png)
 
 
 def leaderboard_rows(board: scorer_pb2.LeaderboardResponse) -> list[dict[str, Any]]:

@@ -85,6 +85,7 @@ def supervised_cluster(state: Path) -> LocalCluster:
         ports={service: free_port() for service in SERVICES},
         # Free /metrics ports too: two test processes may start such clusters at once.
         metrics_ports={service: free_port() for service in SERVICES},
+        web_port=free_port(),
         log_dir=state / "logs",
         extra_env={"PIRM_STORE": str(state / "scorer.db"), "PIRM_STATE_DIR": str(state),
                    **{f"PIRM_TIMING_{name}": f"{value:g}" for name, value in timing.items()}},

@@ -18,10 +18,11 @@ from services.cli.commands import (
     jobs,
     metrics,
     report,
+    study,
 )
 
 # Each family registers its commands; this order is the order of `pirm --help`.
-FAMILIES = (cluster, jobs, boards, metrics, bench, inspect, batch, report, demo)
+FAMILIES = (cluster, jobs, boards, metrics, bench, inspect, batch, report, study, demo)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,9 @@ from services.common.supervision import SUPERVISOR_PID
 
 log = logging.getLogger(__name__)
 SERVICES = ("inference", "metrics", "scorer")
+# The rating page of the user study: an HTTP service, a client of the scorer, started last.
+STUDY_WEB = "study_web"
+DEFAULT_STUDY_WEB_PORT = 8080
 # What each service does before it reports SERVING: what a start says while it waits.
 STARTING = {
     "inference": "starting its TensorFlow worker (TensorFlow's import)",
@@ -97,6 +101,14 @@ def is_serving(target: str, timeout_s: float = 3.0) -> bool:
     return True
 
 
+def web_healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2.0) as page:
+            return bool(page.status == 200)
+    except OSError:
+        return False
+
+
 class StartFailed(RuntimeError):
     """A service of a local cluster exited or did not become SERVING in time (all stopped)."""
 
@@ -109,10 +121,12 @@ class LocalCluster:
     restart: bool = True
     log_dir: Path | None = None  # service logs go there instead of this terminal
     insecure_dev: bool = False  # True: no authentication (loopback only anyway)
+    web_port: int = 0  # the user study's rating page (`pirm up`: 8080); 0: not started
     _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _supervisor: threading.Thread | None = None
-    restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SERVICES, 0))
+    restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        (*SERVICES, STUDY_WEB), 0))
 
     def target(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"
@@ -125,6 +139,9 @@ class LocalCluster:
             env[f"PIRM_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[service])
         env["PIRM_INFERENCE_TARGET"] = self.target("inference")
         env["PIRM_METRICS_TARGET"] = self.target("metrics")
+        env["PIRM_SCORER_TARGET"] = self.target("scorer")
+        env["PIRM_STUDY_WEB_HOST"] = "127.0.0.1"
+        env["PIRM_STUDY_WEB_PORT"] = str(self.web_port)
         env.update(self.extra_env)
         env[SUPERVISOR_PID] = str(os.getpid())  # each service dies with this process
         if self.insecure_dev:
@@ -154,6 +171,9 @@ class LocalCluster:
             self._spawn(service)
         try:
             self._wait_serving(timeout_s, say or (lambda _: None))
+            if self.web_port:
+                self._spawn(STUDY_WEB)
+                self._wait_web(timeout_s, say or (lambda _: None))
         except BaseException:
             self.stop()
             raise
@@ -188,6 +208,18 @@ class LocalCluster:
                     say(f"  still waiting after {elapsed:.0f} s for " + "; ".join(
                         f"{s}: {STARTING[s]}" for s in waiting))
                 time.sleep(0.2)
+
+    def _wait_web(self, timeout_s: float, say: Callable[[str], None]) -> None:
+        """Until the rating page answers /healthz (it needs no model: a few seconds)."""
+        deadline = time.monotonic() + timeout_s
+        while not web_healthy(self.web_port):
+            self._check_alive(STUDY_WEB)
+            if time.monotonic() > deadline:
+                raise StartFailed(f"the study web service did not answer on port "
+                                  f"{self.web_port} within {timeout_s:.0f} s{self._see_logs()}")
+            time.sleep(0.2)
+        say(f"  study web: serving the rating page on http://127.0.0.1:{self.web_port}/rate/"
+            "<rater token>")
 
     def _check_alive(self, service: str) -> None:
         code = self._processes[service].poll()
@@ -224,9 +256,10 @@ class LocalCluster:
         return self._processes[service].pid
 
     def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM to all (scorer first, so that it stops taking work), then wait."""
+        """SIGTERM to all (the page, then the scorer, so that it stops taking work), then
+        wait."""
         self._stopping.set()
-        for service in reversed(SERVICES):
+        for service in (STUDY_WEB, *reversed(SERVICES)):
             process = self._processes.get(service)
             if process and process.poll() is None:
                 process.send_signal(signal.SIGTERM)

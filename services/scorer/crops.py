@@ -63,9 +63,9 @@ def image_crops(job: Job, store: JobStore, inference: InferenceBackend, names: l
         window = centre_window(target.shape[0], target.shape[1], size)
         crops.append(ImageCrops(
             image=name,
-            input_png=_png(_to_uint8(model_input[0])[window]),
-            output_png=_png(_to_uint8(output[0])[window]),
-            target_png=_png(target[window]),
+            input_png=png_bytes(to_uint8(model_input[0])[window]),
+            output_png=png_bytes(to_uint8(output[0])[window]),
+            target_png=png_bytes(target[window]),
         ))
     return crops
 
@@ -75,13 +75,13 @@ def centre_window(height: int, width: int, size: int) -> tuple[slice, slice]:
     return slice(top, top + size), slice(left, left + size)
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
+def to_uint8(image: np.ndarray) -> np.ndarray:
     """A model image in [0, 1] as 8 bits; outputs beyond the range are clipped, as the metrics'
     PSNR clips them."""
     return np.asarray(np.round(np.clip(image, 0.0, 1.0) * 255.0), dtype=np.uint8)
 
 
-def _png(image: np.ndarray) -> bytes:
+def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
     return buffer.getvalue()

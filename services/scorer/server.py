@@ -38,6 +38,8 @@ from services.scorer.samples import baseline_graph
 from services.scorer.scoring import KAPPA
 from services.scorer.servicer import ScorerServicer
 from services.scorer.store import JobStore, QueueLimits
+from services.scorer.studies import Studies
+from services.scorer.study_store import StudyStore
 from services.scorer.submission import SubmissionRules
 
 SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
@@ -102,14 +104,17 @@ def create_server(address: str, config: ScorerConfig, workers: int = 64) -> Runn
     baselines_jobs = submit_baselines(store, challenge)
     if baselines_jobs:
         log.info("baseline entries", extra={"jobs": [j.job_id for j in baselines_jobs]})
-    servicer = ScorerServicer(store, runner, inference, rules,
+    studies = Studies(StudyStore(config.store), store, inference, settings, challenge,
+                      config.state_dir / "studies")
+    servicer = ScorerServicer(store, runner, inference, rules, studies,
                               # a quarter of the threads stays free of WatchJob streams
                               max_watchers=max(1, workers * 3 // 4))
     binding = ServiceBinding(SERVICE_NAME, scorer_pb2_grpc.add_ScorerServiceServicer_to_server,
                              servicer)
     running = create_grpc_server(address, [binding], config.max_message_mb, workers,
                                  config.security, config.connections)
-    running.on_stop.extend([runner.stop, inference.close, metrics.close, store.close])
+    running.on_stop.extend([runner.stop, inference.close, metrics.close, studies.store.close,
+                            store.close])
     running.on_stop.insert(0, telemetry.watch_store(store))  # unwatched before the store closes
     runner.start()
     running.mark_serving()

@@ -43,6 +43,7 @@ from services.scorer.phases import (
 from services.scorer.runner import JobRunner
 from services.scorer.shards import record_image_results
 from services.scorer.store import JobStore
+from services.scorer.studies import Studies
 from services.scorer.submission import Submission, SubmissionRules, vet_model, with_mos
 from services.scorer.telemetry import job_submitted
 from services.scorer.wire import (
@@ -50,14 +51,20 @@ from services.scorer.wire import (
     challenge_message,
     job_message,
     leaderboard_entry_message,
+    study_design_of,
+    study_message,
+    study_rating_message,
+    study_rule_of,
+    study_task_message,
 )
 
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     def __init__(
         self, store: JobStore, runner: JobRunner, inference: InferenceBackend,
-        rules: SubmissionRules, max_watchers: int = 48,
+        rules: SubmissionRules, studies: Studies, max_watchers: int = 48,
     ) -> None:
+        self.studies = studies
         self.store = store
         self.runner = runner
         self.inference = inference
@@ -198,6 +205,58 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             self.rules.challenge.phase(track, request.phase_name)  # a phase it has
         self.store.publish(track, request.phase_name)
         return self._board(track, request.phase_name, "a", None)
+
+    # -- the user study --------------------------------------------------------------------
+
+    def CreateStudy(self, request: scorer_pb2.CreateStudyRequest,
+                    context: grpc.ServicerContext) -> scorer_pb2.Study:
+        check_staff(caller(), "creating a user study")
+        study = self.studies.create(request.study_id, track_of(request.track),
+                                    request.phase_name or "final", study_design_of(request),
+                                    study_rule_of(request.rule))
+        return study_message(self.studies.report(study.study_id))
+
+    def GetStudy(self, request: scorer_pb2.GetStudyRequest, context: grpc.ServicerContext
+                 ) -> scorer_pb2.Study:
+        check_staff(caller(), "reading a user study")
+        return study_message(self.studies.report(request.study_id))
+
+    def CloseStudy(self, request: scorer_pb2.GetStudyRequest, context: grpc.ServicerContext
+                   ) -> scorer_pb2.Study:
+        check_staff(caller(), "closing a user study")
+        report = self.studies.close(request.study_id)
+        self.runner.notify()  # the final leaderboard changed
+        return study_message(report)
+
+    def GetStudyReport(self, request: scorer_pb2.GetStudyRequest,
+                       context: grpc.ServicerContext) -> scorer_pb2.StudyReport:
+        check_staff(caller(), "reading a user study's report")
+        report = self.studies.report(request.study_id)
+        return scorer_pb2.StudyReport(
+            study=study_message(report),
+            ratings=[study_rating_message(answer) for answer in report.answers],
+            examples=[scorer_pb2.StudyExample(image=name, input_png=source, result_png=results)
+                      for name, source, results in self.studies.example_pngs(request.study_id)])
+
+    def NextStudyTask(self, request: scorer_pb2.NextStudyTaskRequest,
+                      context: grpc.ServicerContext) -> scorer_pb2.StudyTask:
+        check_staff(caller(), "serving a rater's task")
+        return study_task_message(self.studies.next_task(request.token, request.worker_id,
+                                                         request.assignment_id))
+
+    def RateStudyTask(self, request: scorer_pb2.RateStudyTaskRequest,
+                      context: grpc.ServicerContext) -> scorer_pb2.StudyTask:
+        check_staff(caller(), "recording a rating")
+        level, now, shown = self.studies.rate(request.token, request.task_id, request.level)
+        message = study_task_message(shown)
+        message.recorded_level, message.recorded_now = level, now
+        return message
+
+    def GetStudyImage(self, request: scorer_pb2.GetStudyImageRequest,
+                      context: grpc.ServicerContext) -> scorer_pb2.StudyImage:
+        check_staff(caller(), "serving a study image")
+        return scorer_pb2.StudyImage(png=self.studies.task_image(request.token,
+                                                                 request.task_id, request.side))
 
     def _board(self, track: Track, phase: str, by: str,
                policy: EntryPolicy | None) -> scorer_pb2.LeaderboardResponse:

@@ -123,21 +123,21 @@ class QueueLimits:
     max_images_per_job: int = 10_000  # the challenge's sets: 100 DIV2K images, 350 DPED patches
 
 
-class JobStore:
-    def __init__(self, path: Path | str) -> None:
+class SqliteStore:
+    """One SQLite file (WAL) behind a lock, with all-or-nothing transactions: the job store's
+    and the user study's tables live in the same file, each with its own connection."""
+
+    def __init__(self, path: Path | str, schema: str) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                   timeout=30.0)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column, declaration in _ADDED_COLUMNS.items():  # a store made before they existed
-            if column not in columns:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
+        self._db.executescript(schema)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -159,6 +159,15 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class JobStore(SqliteStore):
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(path, _SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, declaration in _ADDED_COLUMNS.items():  # a store made before they existed
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
 
     # -- models --------------------------------------------------------------------------
 

@@ -132,3 +132,18 @@ def _count(state: JobState) -> float:
 
 QUEUE_DEPTH.set_function(lambda: _count(JobState.QUEUED))
 JOBS_RUNNING.set_function(lambda: _count(JobState.RUNNING))
+
+
+# The user study: raters measured and excluded by the organiser's rule, per study (a handful
+# of studies per challenge: a small label set), as of the study's last reading.
+STUDY_RATERS_MEASURED = Gauge(
+    "pirm_study_raters_measured", "Raters of a user study who have answered at least once.",
+    ["study"], registry=REGISTRY)
+STUDY_RATERS_EXCLUDED = Gauge(
+    "pirm_study_raters_excluded", "Raters of a user study excluded by its quality rule.",
+    ["study"], registry=REGISTRY)
+
+
+def study_read(study_id: str, measured: int, excluded: int) -> None:
+    STUDY_RATERS_MEASURED.labels(study_id).set(measured)
+    STUDY_RATERS_EXCLUDED.labels(study_id).set(excluded)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from pirm.v1 import scorer_pb2
@@ -23,6 +25,9 @@ from services.scorer.jobs import Job
 from services.scorer.leaderboard import Entry
 from services.scorer.phases import QueueEstimate, redacted
 from services.scorer.scoring import Scores
+from services.scorer.studies import StudyReport
+from services.scorer.study import Answer, QualityRule, StudyDesign
+from services.scorer.study_store import Shown
 
 
 def _timestamp(seconds: float | None) -> Timestamp | None:
@@ -150,3 +155,81 @@ def challenge_message(challenge: Challenge | None, now: dt.datetime,
                                                 ssim_base=constants.ssim_base,
                                                 mos_ref=constants.mos_ref or 0.0)))
     return scorer_pb2.Challenge(title=challenge.title, tracks=tracks)
+
+
+# -- user studies ------------------------------------------------------------------------------
+
+
+def study_rule_of(message: scorer_pb2.StudyRule) -> QualityRule:
+    """The organiser's exclusion rule; unset fields keep QualityRule's defaults."""
+    default = QualityRule()
+    return QualityRule(
+        max_control_failures=_given(message, "max_control_failures",
+                                    default.max_control_failures),
+        max_repeat_gap=_given(message, "max_repeat_gap", default.max_repeat_gap),
+        max_inconsistent_repeats=_given(message, "max_inconsistent_repeats",
+                                        default.max_inconsistent_repeats),
+        min_median_seconds=_given(message, "min_median_seconds", default.min_median_seconds))
+
+
+def study_design_of(request: scorer_pb2.CreateStudyRequest) -> StudyDesign:
+    default = StudyDesign(raters=1)
+    return StudyDesign(
+        raters=request.raters, ratings_per_pair=request.ratings_per_pair or 3,
+        images=request.images, seed=request.seed,
+        controls_per_rater=_given(request, "controls_per_rater", default.controls_per_rater),
+        repeats_per_rater=_given(request, "repeats_per_rater", default.repeats_per_rater))
+
+
+def _given(message: Any, name: str, default: Any) -> Any:
+    return getattr(message, name) if message.HasField(name) else default
+
+
+def study_message(report: StudyReport) -> scorer_pb2.Study:
+    """A study with its methods' current MOS and each rater's progress and quality figures
+    (tokens included: organisers only)."""
+    study = report.study
+    rule = study.rule
+    message = scorer_pb2.Study(
+        study_id=study.study_id, track=TRACK_MESSAGES[study.track], phase_name=study.phase_name,
+        state=study.state, images=study.images, ratings_per_pair=study.ratings_per_pair,
+        seed=study.seed, created=_stamp(study.created), closed=_timestamp(study.closed),
+        rule=scorer_pb2.StudyRule(
+            max_control_failures=rule.max_control_failures, max_repeat_gap=rule.max_repeat_gap,
+            max_inconsistent_repeats=rule.max_inconsistent_repeats,
+            min_median_seconds=rule.min_median_seconds))
+    for method, mos in zip(study.methods, report.mos, strict=True):
+        entry = message.methods.add(
+            method=method.method, job_id=method.job_id, team=method.team,
+            baseline=method.baseline, mos_low=mos.low, mos_high=mos.high, ratings=mos.ratings,
+            images=mos.images, distribution=mos.distribution, ties=mos.ties)
+        if math.isfinite(mos.mos):
+            entry.mos = mos.mos
+    for rater in report.raters:
+        done, total = report.progress.get(rater.rater, (0, 0))
+        quality = report.quality.get(rater.rater)
+        message.raters.add(
+            rater=rater.rater, token=rater.token, completion_code=rater.completion_code,
+            worker_id=rater.worker_id, assignment_id=rater.assignment_id, done=done,
+            total=total, excluded=bool(quality and quality.excluded),
+            reasons=quality.reasons if quality else (),
+            control_failures=quality.control_failures if quality else 0,
+            inconsistent_repeats=quality.inconsistent_repeats if quality else 0,
+            median_seconds=quality.median_seconds if quality else math.nan)
+    return message
+
+
+def study_rating_message(answer: Answer) -> scorer_pb2.StudyRating:
+    task = answer.task
+    return scorer_pb2.StudyRating(
+        rater=answer.rater, position=task.position, kind=task.kind.value, method=task.method,
+        image=task.image, level=answer.level, seconds=answer.seconds, repeat_of=task.repeat_of)
+
+
+def study_task_message(shown: Shown) -> scorer_pb2.StudyTask:
+    """What the page shows next; a finished rater gets the completion code."""
+    if shown.task is None:
+        return scorer_pb2.StudyTask(done=shown.done, total=shown.total, finished=True,
+                                    completion_code=shown.rater.completion_code)
+    return scorer_pb2.StudyTask(task_id=shown.task_id, result_left=shown.task.flipped,
+                                done=shown.done, total=shown.total)

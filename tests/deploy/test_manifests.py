@@ -14,6 +14,7 @@ from pirm.v1 import inference_pb2, metrics_pb2, scorer_pb2
 
 from services.batch.job import DATA_MOUNT
 from services.batch.job import LABELS as BATCH_LABELS
+from services.common.cluster import DEFAULT_STUDY_WEB_PORT
 from services.common.config import DEFAULT_PORTS, add_server_flags
 from services.scorer.clients import DNS_PREFIX
 from tests.deploy.manifests import (
@@ -40,6 +41,7 @@ GRPC_SERVICES = {
     "scorer": scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name,
 }
 MIB = 1024 * 1024
+STUDY_WEB = "study-web"
 
 
 @pytest.mark.parametrize("doc", [
@@ -71,13 +73,18 @@ def workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {**by_kind(docs, "Deployment"), **by_kind(docs, "StatefulSet")}
 
 
+def grpc_workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The three gRPC services (the study's rating page is HTTP)."""
+    return {name: w for name, w in workloads(docs).items() if name in DEFAULT_PORTS}
+
+
 def config(docs: list[dict[str, Any]]) -> dict[str, str]:
     data: dict[str, str] = by_kind(docs, "ConfigMap")["pirm-config"]["data"]
     return data
 
 
 def test_pods_are_hardened(cluster: list[dict[str, Any]]) -> None:
-    assert set(workloads(cluster)) == set(DEFAULT_PORTS)
+    assert set(workloads(cluster)) == {*DEFAULT_PORTS, STUDY_WEB}
     for workload in workloads(cluster).values():
         assert_hardened(pod_spec(workload))
 
@@ -85,7 +92,7 @@ def test_pods_are_hardened(cluster: list[dict[str, Any]]) -> None:
 def test_ports_probes_and_services_match_the_code(cluster: list[dict[str, Any]]) -> None:
     settings = config(cluster)
     services = by_kind(cluster, "Service")
-    for name, workload in workloads(cluster).items():
+    for name, workload in grpc_workloads(cluster).items():
         port = DEFAULT_PORTS[name]
         assert settings[f"PIRM_{name.upper()}_PORT"] == str(port)
         assert settings[f"PIRM_{name.upper()}_HOST"] == "[::]"  # not loopback in a pod
@@ -107,6 +114,35 @@ def test_ports_probes_and_services_match_the_code(cluster: list[dict[str, Any]])
         # Every pod of the headless Service, by the scorer's own DNS expansion.
         target = settings[f"PIRM_{name.upper()}_TARGET"]
         assert target == f"{DNS_PREFIX}{name}:{DEFAULT_PORTS[name]}"
+
+
+def test_the_rating_page_serves_http_with_its_probes_and_the_internal_token(
+        cluster: list[dict[str, Any]]) -> None:
+    settings = config(cluster)
+    web = by_kind(cluster, "Deployment")[STUDY_WEB]
+    c = container(web)
+    assert c["args"] == ["serve", "study_web"]
+    assert settings["PIRM_STUDY_WEB_PORT"] == str(DEFAULT_STUDY_WEB_PORT)
+    assert settings["PIRM_STUDY_WEB_HOST"] not in ("127.0.0.1", "localhost")
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+        "http": DEFAULT_STUDY_WEB_PORT}
+    assert {e["name"]: e["value"] for e in c["env"]} == {
+        "PIRM_SCORER_TARGET": f"scorer:{DEFAULT_PORTS['scorer']}"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    annotations = web["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(DEFAULT_STUDY_WEB_PORT)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    secrets = {v["secret"]["secretName"] for v in pod_spec(web)["volumes"] if "secret" in v}
+    assert secrets == {"pirm-internal-token"}  # not the teams' tokens
+    service = by_kind(cluster, "Service")[STUDY_WEB]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
+    assert selects(service["spec"]["selector"], web)
+    # raters reach the page's port (the default policy denies everything else)
+    policy = by_kind(cluster, "NetworkPolicy")["study-web-from-raters"]["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], web)
+    assert [port["port"] for rule in policy["ingress"] for port in rule["ports"]] == [
+        DEFAULT_STUDY_WEB_PORT]
 
 
 def names_read_by_the_services() -> set[str]:
@@ -213,5 +249,5 @@ def test_pod_monitor_scrapes_each_service_on_its_metrics_port() -> None:
     assert expression["key"] == "app.kubernetes.io/name"
     assert sorted(expression["values"]) == sorted(DEFAULT_PORTS)
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-    for workload in workloads(base_documents()).values():
+    for workload in grpc_workloads(base_documents()).values():
         assert endpoint["port"] in {p["name"] for p in container(workload)["ports"]}

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from services.common import cluster as local
-from services.common.cluster import SERVICES, STARTING, StartFailed, is_serving
+from services.common.cluster import SERVICES, STARTING, StartFailed, is_serving, web_healthy
 from tests.cluster import supervised_cluster
 
 SERVING = re.compile(r"^  (\w+): serving after (\d+) s$")
@@ -25,8 +26,16 @@ def test_the_start_says_what_each_service_is_doing_and_when_it_serves(
     started.start(say=lines.append)
     try:
         assert all(is_serving(started.target(s)) for s in SERVICES)
+        # the study's rating page, started last: alive, and ready since the scorer serves
+        with urllib.request.urlopen(f"http://127.0.0.1:{started.web_port}/readyz",
+                                    timeout=10) as ready:
+            assert ready.status == 200
     finally:
         started.stop()
+    assert not web_healthy(started.web_port)
+    assert lines[-1].startswith(f"  study web: serving the rating page on "
+                                f"http://127.0.0.1:{started.web_port}/rate/")
+    lines = lines[:-1]
     assert lines[:3] == [f"  {s}: {STARTING[s]}" for s in SERVICES]
     serving = {m.group(1): index for index, m in enumerate(map(SERVING.match, lines)) if m}
     assert sorted(serving) == sorted(SERVICES)

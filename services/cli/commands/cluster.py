@@ -10,7 +10,8 @@ from typing import Any
 
 from services.cli.output import say_aside
 from services.common.auth import Role, new_token
-from services.common.cluster import LocalCluster, StartFailed
+from services.common.cluster import DEFAULT_STUDY_WEB_PORT, LocalCluster, StartFailed
+from services.common.config import env_default
 from services.common.logs import setup_logging
 
 
@@ -28,22 +29,25 @@ def register(commands: Any) -> None:
     token.set_defaults(run=token_command)
 
     serve = commands.add_parser("serve", help="run one service (what a container runs)")
-    serve.add_argument("service", choices=["inference", "metrics", "scorer"])
+    serve.add_argument("service", choices=["inference", "metrics", "scorer", "study_web"])
     serve.add_argument("args", nargs=argparse.REMAINDER, help="the service's own flags")
     serve.set_defaults(run=serve_command)
 
 
 def up_command(args: argparse.Namespace) -> int:
     setup_logging()
-    cluster = LocalCluster(insecure_dev=args.insecure_dev)
-    print("Starting inference, metrics and scorer ...", file=sys.stderr, flush=True)
+    cluster = LocalCluster(insecure_dev=args.insecure_dev, web_port=env_default(
+        "PIRM_STUDY_WEB_PORT", DEFAULT_STUDY_WEB_PORT, int))
+    print("Starting inference, metrics, scorer and the study's rating page ...",
+          file=sys.stderr, flush=True)
     try:
         cluster.start(say=say_aside)  # stdout says only that the cluster is up, and where
     except StartFailed as error:
         raise SystemExit(f"pirm up: {error}") from None
     targets = ", ".join(f"{s} {cluster.target(s)} (/metrics on :{cluster.metrics_ports[s]})"
                         for s in ("inference", "metrics", "scorer"))
-    print(f"cluster up: {targets} (Ctrl-C stops)", flush=True)
+    print(f"cluster up: {targets}; rating page http://127.0.0.1:{cluster.web_port}/rate/<token> "
+          "(Ctrl-C stops)", flush=True)
     print("authentication: off (--insecure-dev)" if args.insecure_dev else
           f"authentication: tokens in {cluster.tokens_file} (pirm commands here use its "
           "organiser token; teams get `team NAME TOKEN` lines)", flush=True)
