@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ from services.scorer.telemetry import study_read
 STUDY_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 EXAMPLE_IMAGES = 3
 EXAMPLE_SIZE = 256
+SRCNN = "srcnn"  # the baseline whose MOS is the final scores' MOS_ref
 
 
 @dataclass(frozen=True)
@@ -136,12 +137,27 @@ class Studies:
         the same values again."""
         self.store.close_study(study_id)
         report = self.report(study_id)
+        settings = self._settings_for(report)
         for method, result in zip(report.study.methods, report.mos, strict=True):
             job = self.jobs.get_job(method.job_id)
             if math.isfinite(result.mos) and job.state is JobState.SUCCEEDED:
-                self.jobs.rescore(job.job_id, result.mos, with_mos(job, result.mos,
-                                                                    self.settings))
+                self.jobs.rescore(job.job_id, result.mos, with_mos(job, result.mos, settings))
         return report
+
+    def _settings_for(self, report: StudyReport) -> EvaluationSettings:
+        """MOS_ref is SRCNN's MOS in the same study (SPEC.md section 3: the published 2.295 is
+        track B's study's): when SRCNN is among the study's baselines and was rated, its MOS
+        is the reference, unless the operator set MOS_ref for the track explicitly."""
+        track = report.study.track
+        if track in self.settings.mos_ref:
+            return self.settings
+        srcnn = [result.mos for method, result in zip(report.study.methods, report.mos,
+                                                      strict=True)
+                 if method.baseline and method.team.lower() == SRCNN and
+                 math.isfinite(result.mos)]
+        if not srcnn:
+            return self.settings
+        return replace(self.settings, mos_ref={**self.settings.mos_ref, track: srcnn[0]})
 
     def example_pngs(self, study_id: str) -> list[tuple[str, bytes, list[bytes]]]:
         """A few images of the study: (name, input crop, each method's result crop), the

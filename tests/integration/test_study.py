@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,11 @@ tracks:
 CAREFUL_WAIT_S = 1.2  # a careful rater looks this long at least; the rule's floor is 1.0 s
 RULE = scorer_pb2.StudyRule(min_median_seconds=1.0)
 Code = grpc.StatusCode
+
+
+def one(values: Iterable[float]) -> float:
+    (value,) = values
+    return value
 
 
 def model(gain: float) -> bytes:
@@ -430,9 +435,12 @@ def test_raters_in_a_real_browser_make_the_final_leaderboard(
     assert {e.job_id: e.mos for e in board.entries} == pytest.approx(mos_of_job)
     scores = [e.scores.score_b for e in board.entries]
     assert scores == sorted(scores, reverse=True)
+    # MOS_ref is SRCNN's MOS in this study (SPEC.md section 3), not the published 2.295.
+    srcnn_mos = one(expected[m.method] for m in study.methods if m.team == "SRCNN")
     for entry in board.entries:  # the job itself carries its MOS, as SetMos would set it
         job = jury.get(entry.job_id)
         assert job.result.mos == pytest.approx(mos_of_job[entry.job_id])
+        assert job.result.constants.mos_ref == pytest.approx(srcnn_mos)
 
 
 def test_the_report_shows_mos_intervals_agreement_exclusions_and_examples(
