@@ -17,11 +17,13 @@ from services.cli.commands import (
     inspect,
     jobs,
     metrics,
+    reference,
     report,
 )
 
 # Each family registers its commands; this order is the order of `pirm --help`.
-FAMILIES = (cluster, jobs, boards, metrics, bench, inspect, batch, report, demo)
+FAMILIES = (cluster, jobs, boards, metrics, bench, inspect, batch, report, reference,
+            demo)
 
 
 def main(argv: list[str] | None = None) -> None:
