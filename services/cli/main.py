@@ -12,6 +12,7 @@ from services.cli.commands import (
     batch,
     bench,
     boards,
+    challenge,
     cluster,
     demo,
     inspect,
@@ -22,7 +23,7 @@ from services.cli.commands import (
 )
 
 # Each family registers its commands; this order is the order of `pirm --help`.
-FAMILIES = (cluster, jobs, boards, metrics, bench, inspect, batch, report, reference,
+FAMILIES = (cluster, jobs, challenge, boards, metrics, bench, inspect, batch, report, reference,
             demo)
 
 

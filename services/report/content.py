@@ -27,6 +27,7 @@ class BoardRow:
     score_b: float
     score_c: float
     timing_flag: str = ""  # why its timing is not trusted (--timing-check flag), if it is not
+    baseline: bool = False  # a baseline model's row, evaluated by the organisers
 
     @property
     def on_gpu(self) -> bool:
@@ -73,6 +74,7 @@ class ReportContent:
     crops: list[CropSet] = field(default_factory=list)
     crops_job: str = ""
     crops_note: str = ""  # why there are no crops, when they could not be made
+    notes: list[str] = field(default_factory=list)  # what the phase keeps from the reader, why
 
     @property
     def baseline_runtime_ms(self) -> float | None:
