@@ -350,6 +350,31 @@ def leaderboard_rows(board: scorer_pb2.LeaderboardResponse) -> list[dict[str, An
     ]
 
 
+def challenge_summary(challenge: scorer_pb2.Challenge) -> dict[str, Any]:
+    """The challenge as `pirm challenge --json` prints it: tracks, phases, their state and the
+    caller's quota left today (null: no quota, or not a team)."""
+    def when(stamp: Any, present: bool) -> str | None:
+        return stamp.ToJsonString() if present else None
+
+    return {"title": challenge.title, "defined": bool(challenge.tracks), "tracks": [
+        {"track": TRACKS[t.track].value, "baselines": list(t.baselines),
+         "psnr_base": t.constants.psnr_base, "ssim_base": t.constants.ssim_base,
+         "mos_ref": t.constants.mos_ref or None,
+         "phases": [{
+             "name": p.name, "scoring": PHASES[p.scoring].value, "state": p.state,
+             "opens": when(p.opens, p.HasField("opens")),
+             "closes": when(p.closes, p.HasField("closes")),
+             "submissions_per_day": (p.submissions_per_day
+                                     if p.HasField("submissions_per_day") else None),
+             "submissions_left_today": (p.submissions_left_today
+                                        if p.HasField("submissions_left_today") else None),
+             "failed_submissions_count": p.failed_submissions_count,
+             "results": p.results, "leaderboard_public": p.leaderboard_public,
+             "entry": "last" if p.entry == scorer_pb2.ENTRY_POLICY_LATEST else "best",
+         } for p in t.phases]}
+        for t in challenge.tracks]}
+
+
 def json_number(value: float) -> float | str:
     """JSON has no infinity or NaN: identical images (PSNR = inf) are written as the string
     "inf", the scores of a final-phase job waiting for its MOS as "nan"."""

@@ -12,17 +12,20 @@ from services.cli.commands import (
     batch,
     bench,
     boards,
+    challenge,
     cluster,
     demo,
     inspect,
     jobs,
     metrics,
+    reference,
     report,
     study,
 )
 
 # Each family registers its commands; this order is the order of `pirm --help`.
-FAMILIES = (cluster, jobs, boards, metrics, bench, inspect, batch, report, study, demo)
+FAMILIES = (cluster, jobs, challenge, boards, metrics, bench, inspect, batch, report, study,
+            reference, demo)
 
 
 def main(argv: list[str] | None = None) -> None:

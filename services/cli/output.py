@@ -62,13 +62,36 @@ def print_job(s: dict[str, Any]) -> None:
 
 
 def jobs_table(summaries: list[dict[str, Any]]) -> str:
-    lines = [f"{'job':12}  {'track':5}  {'state':9}  {'team':16}  {'model':24}  {'PSNR':>7}  "
-             f"{'MS-SSIM':>7}  {'ms':>8}"]
+    """One line a job; `where` says where it stands: its place in the queue and expected
+    start, or its stage and images done, or why it failed."""
+    lines = [f"{'job':12}  {'track':5}  {'phase':10}  {'state':9}  {'team':16}  {'model':20}  "
+             f"{'PSNR':>7}  {'MS-SSIM':>7}  {'ms':>8}  where"]
     for s in summaries:
-        lines.append(f"{s['job_id']:12}  {s['track']:5}  {s['state']:9}  {s['team'][:16]:16}  "
-                     f"{s['model_name'][:24]:24}  {cell(s.get('psnr'), 7, 3)}  "
-                     f"{cell(s.get('msssim'), 7, 4)}  {cell(s.get('runtime_ms'), 8, 1)}")
+        lines.append(f"{s['job_id']:12}  {s['track']:5}  {where_phase(s)[:10]:10}  "
+                     f"{s['state']:9}  {s['team'][:16]:16}  {s['model_name'][:20]:20}  "
+                     f"{cell(s.get('psnr'), 7, 3)}  {cell(s.get('msssim'), 7, 4)}  "
+                     f"{cell(s.get('runtime_ms'), 8, 1)}  {where(s)}")
     return "\n".join(lines)
+
+
+def where_phase(s: dict[str, Any]) -> str:
+    return str(s.get("phase_name") or s["phase"])
+
+
+def where(s: dict[str, Any]) -> str:
+    """A job's whereabouts in a few words."""
+    marks = [m for m, on in (("baseline", s.get("baseline")), ("selected", s.get("selected")),
+                             (f"rerun of {s.get('rerun_of')}", s.get("rerun_of"))) if on]
+    if s["state"] == "QUEUED" and s.get("queue_position"):
+        start = str(s["estimated_start"]).replace("T", " ")[:19]
+        marks.insert(0, f"#{s['queue_position']} in queue, starts ~{start} UTC")
+    elif s["state"] == "RUNNING":
+        marks.insert(0, f"{s.get('stage') or 'starting'}, "
+                        f"{s['images_done']}/{s['images_total']} images")
+    elif s["state"] == "FAILED" and s.get("error"):
+        kind = f"{s.get('failure_kind') or 'failed'}: "
+        marks.insert(0, kind + str(s["error"])[:60])
+    return "; ".join(marks)
 
 
 def leaderboard_table(track: str, by: str, rows: list[dict[str, Any]]) -> str:
@@ -89,6 +112,9 @@ def leaderboard_table(track: str, by: str, rows: list[dict[str, Any]]) -> str:
             f"{cell(r['baseline_runtime_ms'], 8, 1)}  {cell(r['score_a'], 8, 2)}  "
             f"{cell(r['score_b'], 8, 2)}  {cell(r['score_c'], 8, 2)}"
         )
+    for index, r in enumerate(rows):
+        if r.get("baseline"):
+            lines[3 + index] += "  (baseline)"
     flagged = [r for r in rows if r.get("timing_flag")]
     for r in flagged:
         lines[3 + rows.index(r)] += "  (!)"

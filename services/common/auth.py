@@ -174,10 +174,11 @@ def write_tokens_file(path: Path, entries: Iterable[tuple[Role, str]]) -> dict[R
     return first
 
 
-def token_of(tokens_file: Path, role: Role) -> str | None:
-    """The token in clear of the first `role` line of a tokens file (for local clients)."""
+def token_of(tokens_file: Path, role: Role, name: str = "") -> str | None:
+    """The token in clear of the first `role` line (of that `name`, if given) of a tokens file
+    (for local clients)."""
     for line in tokens_file.read_text().splitlines():
         fields = _fields(line)
-        if len(fields) == 3 and fields[0] == role.value:
+        if len(fields) == 3 and fields[0] == role.value and fields[1] == (name or fields[1]):
             return fields[2]
     return None

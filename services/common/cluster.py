@@ -122,6 +122,7 @@ class LocalCluster:
     log_dir: Path | None = None  # service logs go there instead of this terminal
     insecure_dev: bool = False  # True: no authentication (loopback only anyway)
     web_port: int = 0  # the user study's rating page (`pirm up`: 8080); 0: not started
+    teams: tuple[str, ...] = ()  # teams given a token of their own in a new tokens file
     _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _supervisor: threading.Thread | None = None
@@ -157,15 +158,17 @@ class LocalCluster:
         """local_tokens_file() in this cluster's environment (made at start)."""
         return local_tokens_file({**os.environ, **self.extra_env})
 
-    def token(self, role: Role = Role.ORGANISER) -> str | None:
-        """A token of `role` for clients of this cluster (None without authentication)."""
-        return None if self.insecure_dev else token_of(self.tokens_file, role)
+    def token(self, role: Role = Role.ORGANISER, name: str = "") -> str | None:
+        """A token of `role` (and `name`: a team's) for clients of this cluster (None without
+        authentication)."""
+        return None if self.insecure_dev else token_of(self.tokens_file, role, name)
 
     def start(self, timeout_s: float = 180.0, say: Callable[[str], None] | None = None) -> None:
         """Starts the services and waits until all are SERVING; `say` is told what each is
         doing meanwhile and when each is serving."""
         if not self.insecure_dev and not self.tokens_file.exists():
-            write_tokens_file(self.tokens_file, LOCAL_CALLERS)
+            write_tokens_file(self.tokens_file, LOCAL_CALLERS + tuple(
+                (Role.TEAM, team) for team in self.teams))
             log.info("tokens written", extra={"file": str(self.tokens_file)})
         for service in SERVICES:
             self._spawn(service)

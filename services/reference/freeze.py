@@ -4,6 +4,7 @@ graph checked against the network run from the checkpoint itself."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,22 @@ TOLERANCE = 1e-5
 CHECK_SHAPE = (1, 96, 128, 3)
 
 
+@dataclass(frozen=True)
+class Frozen:
+    name: str
+    graph_def: bytes  # the serialized frozen GraphDef
+    max_error: float  # max |frozen graph - checkpoint's network| on the check image
+
+
 def freeze(reference: Reference, models: Path | None) -> bytes:
     """The serialized frozen GraphDef (`input:0` -> `output:0`) of `reference`, after checking
     it against the checkpoint's network on a random image. Without `models` (no challenge
     data), the same network with random weights (seeded): its shape and cost, not its skill."""
+    return freeze_checked(reference, models).graph_def
+
+
+def freeze_checked(reference: Reference, models: Path | None) -> Frozen:
+    """freeze(), with the check's figure: FailedPrecondition beyond TOLERANCE."""
     import tensorflow as tf
 
     graph = tf.Graph()
@@ -48,15 +61,18 @@ def freeze(reference: Reference, models: Path | None) -> bytes:
     if not error <= TOLERANCE:
         raise FailedPrecondition(f"the frozen {reference.name} differs from its checkpoint's "
                                  f"network by {error:.2e} (more than {TOLERANCE:g})")
-    return bytes(data)
+    return Frozen(reference.name, bytes(data), error)
 
 
-def freeze_all(models: Path, out: Path, names: list[str] | None = None) -> dict[str, Path]:
-    """Writes <name>.pb for each reference (all by default) into `out`; returns the paths."""
+def freeze_all(models: Path | None, out: Path, names: list[str] | None = None
+               ) -> dict[str, tuple[Path, float]]:
+    """Writes <name>.pb for each reference (all by default) into `out`; returns each path and
+    its check's figure."""
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for name in names or list(REFERENCES):
+        frozen = freeze_checked(REFERENCES[name], models)
         path = out / f"{name}.pb"
-        path.write_bytes(freeze(REFERENCES[name], models))
-        written[name] = path
+        path.write_bytes(frozen.graph_def)
+        written[name] = (path, frozen.max_error)
     return written

@@ -74,6 +74,7 @@ class ReportContent:
     crops: list[CropSet] = field(default_factory=list)
     crops_job: str = ""
     crops_note: str = ""  # why there are no crops, when they could not be made
+    notes: list[str] = field(default_factory=list)  # what the phase keeps from the reader, why
 
     @property
     def baseline_runtime_ms(self) -> float | None:

@@ -22,42 +22,69 @@ CROP_SIZE = 128
 
 
 def job_report(client: ScorerClient, job_id: str, by: str = "a") -> ReportContent:
-    """A job's report: its figures and images, and its track's board with the job marked."""
+    """A job's report: its figures and images, and its track's board with the job marked. What
+    the phase keeps from the caller (a hidden board, per-image figures, crops) is left out and
+    the report says so."""
     summary = job_summary(client.status(job_id))
-    track, phase = Track(summary["track"]), Phase(summary["phase"])
+    track, phase = Track(summary["track"]), summary["phase_name"] or summary["phase"]
     content = ReportContent(
         title=f"Job {job_id}: {summary['model_name'] or 'model'} ({summary['team'] or 'no team'})",
-        track=track.value, phase=phase.value, rows=board(client, track, phase, by),
-        psnr_base=TRACKS[track].psnr_base, focus_job=job_id, job=summary)
-    figures = job_figures(client, job_id)
+        track=track.value, phase=phase, rows=[], psnr_base=TRACKS[track].psnr_base,
+        focus_job=job_id, job=summary)
+    content.rows = board(client, content, Phase(summary["phase"]), by)
+    figures = job_figures(client, content, job_id)
     content.images = [JobImages(job_id, summary["team"] or job_id, figures)]
     _add_crops(client, content, job_id, figures)
     return content
 
 
-def track_report(client: ScorerClient, track: Track, phase: Phase, by: str = "a"
+def track_report(client: ScorerClient, track: Track, phase: str, by: str = "a"
                  ) -> ReportContent:
     """A track's report: its board, the per-image distributions of the leading entries, and
-    crops of the leader's best and worst images."""
-    rows = board(client, track, phase, by)
+    crops of the leader's best and worst images (as far as the phase lets the caller see)."""
     content = ReportContent(
-        title=f"Track {track.value} leaderboard ({phase.value} phase, ranked by score "
-              f"{by.upper()})",
-        track=track.value, phase=phase.value, rows=rows, psnr_base=TRACKS[track].psnr_base)
-    content.images = [JobImages(r.job_id, r.team, job_figures(client, r.job_id))
-                      for r in rows[:MAX_DISTRIBUTIONS]]
-    if rows:
-        _add_crops(client, content, rows[0].job_id, content.images[0].figures)
+        title=f"Track {track.value} leaderboard ({phase} phase, ranked by score {by.upper()})",
+        track=track.value, phase=phase, rows=[], psnr_base=TRACKS[track].psnr_base)
+    scoring = Phase(phase) if phase in set(Phase) else Phase.VALIDATION
+    content.rows = board(client, content, scoring, by)
+    content.images = [JobImages(r.job_id, r.team, job_figures(client, content, r.job_id))
+                      for r in content.rows[:MAX_DISTRIBUTIONS]]
+    if content.rows:
+        _add_crops(client, content, content.rows[0].job_id, content.images[0].figures)
     return content
 
 
-def board(client: ScorerClient, track: Track, phase: Phase, by: str) -> list[BoardRow]:
-    return [BoardRow(**row) for row in
-            leaderboard_rows(client.leaderboard(track, by=by, phase=phase))]
+def board(client: ScorerClient, content: ReportContent, scoring: Phase, by: str
+          ) -> list[BoardRow]:
+    """The phase's board; none, with a note, when it is hidden from the caller."""
+    try:
+        response = client.leaderboard(Track(content.track), by=by, phase=scoring,
+                                      phase_name=content.phase)
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            raise
+        _note(content, f"leaderboard not shown: {error.details()}")
+        return []
+    return [BoardRow(**row) for row in leaderboard_rows(response)]
 
 
-def job_figures(client: ScorerClient, job_id: str) -> list[ImageFigures]:
-    return [ImageFigures(i.image, i.psnr, i.msssim) for i in client.job_images(job_id)]
+def job_figures(client: ScorerClient, content: ReportContent, job_id: str
+                ) -> list[ImageFigures]:
+    """The job's per-image figures; none, with a note, when the phase shows the caller its
+    aggregate results only."""
+    try:
+        images = client.job_images(job_id)
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.PERMISSION_DENIED:
+            raise
+        _note(content, f"per-image figures and crops not shown: {error.details()}")
+        return []
+    return [ImageFigures(i.image, i.psnr, i.msssim) for i in images]
+
+
+def _note(content: ReportContent, text: str) -> None:
+    if text not in content.notes:
+        content.notes.append(text)
 
 
 def _add_crops(client: ScorerClient, content: ReportContent, job_id: str,

@@ -63,6 +63,7 @@ def render_html(content: ReportContent, figures: set[str]) -> str:
         "runtimes are medians on an HD (1280x720) image, the baseline timed on the same node."
         "</p>",
     ]
+    parts += [f'<p class="note">{escape(note)}</p>' for note in content.notes]
     if content.job:
         parts.append(_job_section(content.job))
     parts += ["<h2>Leaderboard</h2>", _board_table(content.rows, content.focus_job)]
@@ -100,9 +101,8 @@ def _board_table(rows: list[BoardRow], focus_job: str) -> str:
     header = "".join(f"<th>{escape(c)}</th>" for c in COLUMNS)
     body = []
     for r in rows:
-        team = escape(r.team) + (f' <span title="{escape(r.timing_flag)}">(!)</span>'
-                                 if r.timing_flag else "") + (" <em>(baseline)</em>"
-                                                              if r.baseline else "")
+        team = escape(r.team) + (" (baseline)" if r.baseline else "") + (
+            f' <span title="{escape(r.timing_flag)}">(!)</span>' if r.timing_flag else "")
         cells = [str(r.rank), team, escape(r.model_name)]
         numbers = [_number(r.psnr, 3), _number(r.msssim, 4), _number(r.mos, 2),
                    _number(r.runtime_ms if not r.on_gpu else None, 1),

@@ -103,6 +103,8 @@ class EvaluationSettings:
     timing_mode: str = "interleaved"
     # A job running longer than this is stopped and failed (each call has its own deadline).
     job_timeout_s: float = 4 * 3600.0
+    # A sharded job none of whose batch shards has reported for this long fails (platform).
+    shard_silence_s: float = 1800.0
     # A model that no queued or running job needs is unloaded from inference once no call has
     # used it for this long (its statistics and Prometheus series stay that long for
     # dashboards and reports' crops); a long challenge would otherwise keep every submission.

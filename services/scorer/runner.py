@@ -50,6 +50,7 @@ class JobRunner:
         self._cancel_lock = threading.Lock()
         self._cancel_events: dict[str, threading.Event] = {}  # of the jobs running here
         self._released_at = 0.0  # time.monotonic() of the last _release_models
+        self._shards_checked_at = 0.0  # time.monotonic() of the last _fail_silent_shards
 
     def start(self) -> None:
         requeued = self.store.requeue_running()
@@ -105,7 +106,21 @@ class JobRunner:
                 log.exception("job runner error; unfinished jobs resume after a restart")
                 self._stopping.wait(1.0)
 
+    def _fail_silent_shards(self) -> None:
+        """Sharded jobs whose batch shards went silent fail with the reason (checked now and
+        then, by whichever runner thread is free)."""
+        now = time.monotonic()
+        if now - self._shards_checked_at < min(30.0, self.settings.shard_silence_s / 4):
+            return
+        self._shards_checked_at = now
+        for job_id in self.store.fail_silent_shards(self.settings.shard_silence_s):
+            log.warning("sharded job failed: no shard reported",
+                        extra={"job_id": job_id, "silence_s": self.settings.shard_silence_s})
+            job_finished(self.store.get_job(job_id))
+            self.notify()
+
     def _run_next(self) -> None:
+        self._fail_silent_shards()
         job = self.store.next_queued()
         if job is None:
             if time.monotonic() - self._released_at >= min(60.0, self.settings.model_idle_s):

@@ -59,6 +59,7 @@ class ScorerConfig:
     metrics_in_flight: int = 2
     limits: QueueLimits = field(default_factory=QueueLimits)
     job_timeout_s: float = EvaluationSettings.job_timeout_s
+    shard_silence_s: float = EvaluationSettings.shard_silence_s
     model_idle_s: float = EvaluationSettings.model_idle_s
     data_roots: tuple[Path, ...] = ()  # datasets must lie inside one; () = anywhere
     challenge: Challenge | None = None  # the organisers' definition (--challenge); None: a tool
@@ -94,6 +95,7 @@ def create_server(address: str, config: ScorerConfig, workers: int = 64) -> Runn
         mos_ref=config.mos_ref,
         metrics_in_flight=config.metrics_in_flight,
         job_timeout_s=config.job_timeout_s,
+        shard_silence_s=config.shard_silence_s,
         model_idle_s=config.model_idle_s,
         constants={track: rule.constants for track, rule in challenge.tracks.items()}
         if challenge is not None else {},
@@ -185,6 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--job-timeout-s", type=float,
                         default=env("PIRM_JOB_TIMEOUT_S", EvaluationSettings.job_timeout_s, float),
                         help="a job running longer is stopped and failed (env PIRM_JOB_TIMEOUT_S)")
+    parser.add_argument("--shard-silence-s", type=float,
+                        default=env("PIRM_SHARD_SILENCE_S", EvaluationSettings.shard_silence_s,
+                                    float),
+                        help="a sharded job no batch shard reported to for this long fails, "
+                             "as the platform's failure (env PIRM_SHARD_SILENCE_S)")
     parser.add_argument("--model-idle-s", type=float,
                         default=env("PIRM_MODEL_IDLE_S", EvaluationSettings.model_idle_s, float),
                         help="unload a model no unfinished job needs after this long unused "
@@ -238,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         concurrency=args.concurrency,
         metrics_in_flight=args.metrics_in_flight,
         job_timeout_s=args.job_timeout_s,
+        shard_silence_s=args.shard_silence_s,
         model_idle_s=args.model_idle_s,
         limits=QueueLimits(max_queued=args.max_queued_jobs,
                            max_active_per_team=args.max_jobs_per_team,

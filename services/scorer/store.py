@@ -84,6 +84,7 @@ _ADDED_COLUMNS = {
     "rerun_of": "TEXT NOT NULL DEFAULT ''",
     "baseline": "INTEGER NOT NULL DEFAULT 0",
     "failure_kind": "TEXT NOT NULL DEFAULT ''",
+    "reported": "REAL",  # a sharded job: when a batch shard last reported images for it
 }
 
 
@@ -305,6 +306,13 @@ class JobStore(SqliteStore):
                 (JobState.QUEUED.value, JobState.RUNNING.value)).fetchall()
         return {row[0] for row in rows}
 
+    def oldest_queued(self) -> float | None:
+        """When the oldest queued job was submitted (epoch seconds); None: none queued."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(created) FROM jobs WHERE state = ?",
+                                   (JobState.QUEUED.value,)).fetchone()
+        return None if row[0] is None else float(row[0])
+
     def count_jobs(self, state: JobState) -> int:
         with self._lock:
             row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?",
@@ -334,6 +342,28 @@ class JobStore(SqliteStore):
                  failure_kind, job_id, from_state.value),
             )
             return cursor.rowcount == 1
+
+    def fail_silent_shards(self, silence_s: float, now: float | None = None) -> list[str]:
+        """Fails, as the platform's failure, each sharded job still waiting for images that no
+        batch shard has reported to for `silence_s` (since it was submitted, if none ever
+        did): its shards have died or were never started. A job with every image in waits for
+        a runner, not for shards, and stays. Returns their ids."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT job_id, images_done, images_total FROM jobs WHERE state = ? AND "
+                "sharded = 1 AND images_done < images_total AND COALESCE(reported, created) < ?",
+                (JobState.QUEUED.value, now - silence_s)).fetchall()
+            for row in rows:
+                db.execute(
+                    "UPDATE jobs SET state = ?, error = ?, finished = ?, stage = '', "
+                    "failure_kind = 'platform' WHERE job_id = ? AND state = ?",
+                    (JobState.FAILED.value,
+                     f"no batch shard reported images for {silence_s:.0f} s "
+                     f"({row['images_done']}/{row['images_total']} in): its shards stopped or "
+                     "never started; this failure does not count against a quota, submit the "
+                     "batch again", now, row["job_id"], JobState.QUEUED.value))
+        return [str(row["job_id"]) for row in rows]
 
     def submissions_left(self, spec: JobSpec, quota: DailyQuota) -> int:
         with self._lock:
@@ -422,6 +452,7 @@ class JobStore(SqliteStore):
                 "WHERE r.job_id = jobs.job_id) WHERE job_id = ? AND state = ?",
                 (job_id, JobState.QUEUED.value),
             )
+            db.execute("UPDATE jobs SET reported = ? WHERE job_id = ?", (time.time(), job_id))
             row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return _job(row)
 

@@ -55,6 +55,10 @@ STAGE_SECONDS = Histogram(
 )
 QUEUE_DEPTH = Gauge("pirm_scorer_queue_depth", "Jobs waiting to run.", registry=REGISTRY)
 JOBS_RUNNING = Gauge("pirm_scorer_jobs_running", "Jobs being evaluated now.", registry=REGISTRY)
+OLDEST_QUEUED = Gauge(
+    "pirm_scorer_oldest_queued_job_age_seconds",
+    "How long the oldest queued job has waited (0: none queued): a queue that does not move.",
+    registry=REGISTRY)
 
 for _track in TRACKS:  # series exist from the start, so that increase() counts the first event
     JOBS_SUBMITTED.labels(_track)
@@ -106,6 +110,8 @@ def timed_stage(track: Track, name: str, step: Callable[..., T]) -> Callable[...
 class JobCounts(Protocol):
     def count_jobs(self, state: JobState) -> int: ...
 
+    def oldest_queued(self) -> float | None: ...
+
 
 _watched_lock = threading.Lock()
 _watched: list[JobCounts] = []
@@ -130,7 +136,14 @@ def _count(state: JobState) -> float:
         return float(sum(store.count_jobs(state) for store in _watched))
 
 
+def _oldest_queued_age() -> float:
+    with _watched_lock:
+        created = [c for store in _watched if (c := store.oldest_queued()) is not None]
+    return max(0.0, time.time() - min(created)) if created else 0.0
+
+
 QUEUE_DEPTH.set_function(lambda: _count(JobState.QUEUED))
+OLDEST_QUEUED.set_function(_oldest_queued_age)
 JOBS_RUNNING.set_function(lambda: _count(JobState.RUNNING))
 
 

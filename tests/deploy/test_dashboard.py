@@ -76,7 +76,8 @@ def test_every_panel_queries_metrics_the_services_export() -> None:
 
 def test_dashboard_has_the_panels_operators_watch() -> None:
     titles = " | ".join(p["title"] for p in panels()).lower()
-    for wanted in ("throughput (images/s)", "queue depth", "job duration (p50, p95)",
+    for wanted in ("throughput (images/s)", "queue depth", "oldest queued job",
+                   "job duration (p50, p95)",
                    "inference time per model and device", "metric compute time", "error rate",
                    "worker restarts"):
         assert wanted in titles, wanted

@@ -9,6 +9,7 @@ import datetime as dt
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -64,10 +65,14 @@ class Hosted:
     scorer: RunningServer
     test_names: set[str]  # the hidden test set's file names
     test_folder: str
+    root: Path  # the definition, its data and the store
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.scorer.port}"
 
     def client(self, who: str) -> ScorerClient:
-        return ScorerClient(f"127.0.0.1:{self.scorer.port}",
-                            security=ChannelSecurity(TOKENS[who]))
+        return ScorerClient(self.target, security=ChannelSecurity(TOKENS[who]))
 
 
 DEFINITION = """\
@@ -103,7 +108,14 @@ tracks:
 
 @pytest.fixture(scope="module")
 def hosted(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosted]:
-    root = tmp_path_factory.mktemp("hosted")
+    hosted = host(cluster, tmp_path_factory.mktemp("hosted"))
+    yield hosted
+    hosted.scorer.stop(grace=1.0)
+
+
+def host(cluster: Cluster, root: Path) -> Hosted:
+    """A scorer running the DEFINITION's challenge on sample data made in `root`, its baseline
+    jobs queued (stop its `scorer` when done)."""
     make_sample_dataset(root, Track.A, patches_per_photo=1)
     dped = make_sample_dataset(root, Track.B, patches_per_photo=2)
     # The hidden test set: other pixels, and file names a team must never read.
@@ -120,8 +132,7 @@ def hosted(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         store=root / "scorer.db", state_dir=root, timing=TEST_TIMING, concurrency=2,
         security=ServerSecurity(Tokens.parse(TOKENS_TEXT, "tokens")),
         challenge=load_challenge(root / "challenge.yaml")))
-    yield Hosted(scorer, test_names, str(test))
-    scorer.stop(grace=1.0)
+    return Hosted(scorer, test_names, str(test), root)
 
 
 def refused(call: Callable[[], object]) -> grpc.RpcError:

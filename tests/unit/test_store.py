@@ -498,3 +498,26 @@ def test_a_store_made_before_sharded_jobs_gets_the_column(db_path: Path) -> None
         assert not old.get_job(job.job_id).spec.sharded
     finally:
         old.close()
+
+
+def test_the_oldest_queued_jobs_wait_is_exported_from_the_store(store: JobStore) -> None:
+    from services.scorer.telemetry import REGISTRY, watch_store
+
+    def age() -> float:
+        value = REGISTRY.get_sample_value("pirm_scorer_oldest_queued_job_age_seconds")
+        assert value is not None
+        return value
+
+    unwatch = watch_store(store)
+    try:
+        assert store.oldest_queued() is None and age() == 0.0
+        before = time.time()
+        first = create(store, spec(team="a"))
+        create(store, spec(team="b"))
+        assert store.oldest_queued() == first.created
+        time.sleep(0.05)
+        assert 0.05 <= age() <= time.time() - before
+        claimed = [store.next_queued(), store.next_queued()]
+        assert all(claimed) and store.oldest_queued() is None and age() == 0.0
+    finally:
+        unwatch()

@@ -17,9 +17,17 @@ from services.core.track import Phase
 def register(commands: Any) -> None:
     submit = commands.add_parser("submit", help="submit a model for evaluation")
     add_track(submit)
-    submit.add_argument("--model", type=Path, required=True, help="the frozen graph (.pb)")
-    submit.add_argument("--data", type=Path, required=True, help="dataset folder")
-    submit.add_argument("--phase", choices=[p.value for p in Phase], default="validation")
+    submit.add_argument("model_file", nargs="?", type=Path, metavar="MODEL",
+                        help="the frozen graph (.pb)")
+    submit.add_argument("--model", type=Path, help="the frozen graph (.pb), if not given above")
+    submit.add_argument(
+        "--phase", default="validation",
+        help="the phase to enter (pirm challenge lists them); its dataset is used. Without a "
+             "challenge: validation or final")
+    submit.add_argument(
+        "--dataset", "--data", dest="data", type=Path,
+        help="organisers and tools: evaluate on this dataset folder instead of the phase's "
+             "(required when the scorer runs without a challenge)")
     submit.add_argument("--mos", type=float, help="final phase: the model's MOS")
     submit.add_argument("--team", default=env_default("PIRM_TEAM", ""))
     submit.add_argument("--request-id", default="", help="idempotency key")
@@ -50,13 +58,20 @@ def register(commands: Any) -> None:
 
 
 def submit_command(args: argparse.Namespace) -> int:
-    if not args.model.is_file():
-        print(f"pirm: model file {args.model} does not exist", file=sys.stderr)
+    model = args.model_file or args.model
+    if model is None:
+        print("pirm: name the model file: pirm submit --track B --phase validation model.pb",
+              file=sys.stderr)
         return 2
+    if not model.is_file():
+        print(f"pirm: model file {model} does not exist", file=sys.stderr)
+        return 2
+    # The phase's scoring comes from the challenge; without one, the phase names it.
+    scoring = args.phase if args.phase in set(Phase) else Phase.VALIDATION
     with scorer_client(args) as client:
         job = client.submit(
-            args.track, args.model, args.data, phase=args.phase, mos=args.mos, team=args.team,
-            request_id=args.request_id,
+            args.track, model, args.data, phase=scoring, mos=args.mos, team=args.team,
+            request_id=args.request_id, phase_name=args.phase,
         )
         if args.wait:
             from services.cli.progress import follow_jobs
