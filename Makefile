@@ -114,8 +114,9 @@ TEST_WORKERS ?= 2
 test: setup test-tools lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
+# The fast tier (under a minute warm): the unit tests not marked slow; `make test` runs all.
 unit: setup
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -m "not slow" tests/unit
 
 integration: setup test-tools
 	$(BIN)/python -m pytest -q tests/integration

@@ -19,10 +19,16 @@ HD_SIZE = (1280, 720)
 PATCH = 100
 
 
+def challenge_data_candidate() -> Path:
+    """Where the challenge data is looked for: $PIRM_DATA, else ../shared/pirm2018 beside the
+    repository (whether or not it exists)."""
+    configured = os.environ.get("PIRM_DATA")
+    return Path(configured) if configured else REPO_ROOT.parent / "shared" / "pirm2018"
+
+
 def challenge_data_dir() -> Path | None:
     """$PIRM_DATA, else ../shared/pirm2018 beside the repository, if it exists."""
-    configured = os.environ.get("PIRM_DATA")
-    candidate = Path(configured) if configured else REPO_ROOT.parent / "shared" / "pirm2018"
+    candidate = challenge_data_candidate()
     return candidate if candidate.is_dir() else None
 
 

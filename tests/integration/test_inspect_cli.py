@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from services.scorer.samples import srcnn_graph_def
-from tests.conftest import SHARED
+from tests.conftest import DATA
 
 PIRM = str(Path(sys.executable).parent / "pirm")
 
@@ -20,7 +20,7 @@ def pirm(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def srcnn_path(tmp_path: Path) -> Path:
-    real = SHARED / "models_pretrained" / "dped_srcnn.pb"
+    real = DATA / "models_pretrained" / "dped_srcnn.pb"
     if real.is_file():
         return real
     generated = tmp_path / "srcnn.pb"

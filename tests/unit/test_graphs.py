@@ -18,7 +18,7 @@ from services.core.limits import DEFAULT_MAX_MODEL_BYTES
 from services.core.tensors import from_tensor, to_tensor
 from services.inference.graphs import DEFAULT_MAX_GRAPH_NODES, parse_graph, repository_path
 from services.scorer.samples import srcnn_graph_def
-from tests.conftest import SHARED
+from tests.conftest import DATA
 from tests.integration.helpers import chain_graph, graph_bytes
 
 v1 = tf.compat.v1
@@ -166,7 +166,7 @@ def dped_resnet_shaped(tf: Any, x: Any) -> None:
 def test_the_challenges_models_are_far_below_the_node_limit() -> None:
     models = {"srcnn": srcnn_graph_def(), "vdsr": graph_bytes(vdsr_shaped),
               "dped_resnet_12_64": graph_bytes(dped_resnet_shaped)}
-    real = [SHARED / "models_pretrained" / f"{name}_srcnn.pb" for name in ("div2k", "dped")]
+    real = [DATA / "models_pretrained" / f"{name}_srcnn.pb" for name in ("div2k", "dped")]
     models.update({path.stem: path.read_bytes() for path in real if path.is_file()})
     for name, data in models.items():
         _, spec = parse_graph(name, data)

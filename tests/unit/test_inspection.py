@@ -31,7 +31,7 @@ from services.inference.mobile import (
 )
 from services.scorer.protocol import timing_input, timing_input_shape
 from services.scorer.samples import srcnn_graph_def
-from tests.conftest import SHARED
+from tests.conftest import DATA
 from tests.integration.helpers import chain_graph
 
 v1 = tf.compat.v1
@@ -81,7 +81,7 @@ def profiler_flops_by_op(graph: tf.Graph) -> dict[str, int]:
 def srcnn_bytes() -> bytes:
     """The challenge's SRCNN when the shared data is here, else the generated SRCNN-shaped
     graph (the same layers)."""
-    real = SHARED / "models_pretrained" / "div2k_srcnn.pb"
+    real = DATA / "models_pretrained" / "div2k_srcnn.pb"
     return real.read_bytes() if real.is_file() else srcnn_graph_def()
 
 

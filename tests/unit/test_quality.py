@@ -6,9 +6,11 @@ TensorFlow's float32 error is small (SPEC section 2, "Numerical exactness").
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,13 +21,15 @@ from PIL import Image
 
 from services.core.errors import InvalidArgument
 from services.metrics import Flavor, QualityOptions, evaluate_pair, ms_ssim, psnr
-from tests.conftest import SHARED as DATA
+from tests.conftest import DATA, missing_data, require_data
 from tests.reference import (
     msssim_numpy_ref,
     msssim_tf_ref,
     psnr_ref,
     track_a_input_ref,
 )
+
+pytestmark = pytest.mark.usefixtures("metric_kernels")
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
@@ -43,13 +47,6 @@ N_DPED_PATCHES = 20
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _require_data(*parts: str) -> Path:
-    path = DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"PIRM 2018 sample data not found at {path} (expected ../shared/pirm2018)")
-    return path
 
 
 def _load_uint8(path: Path) -> NDArray[np.uint8]:
@@ -139,11 +136,11 @@ def _random_pair(
 @pytest.fixture(scope="module")
 def dped_pairs() -> list[tuple[str, F32, F32]]:
     """The first N_DPED_PATCHES DPED track-B patch pairs as (name, iphone/255, canon/255)."""
-    iphone_dir = _require_data("dped", "patches", "iphone")
-    canon_dir = _require_data("dped", "patches", "canon")
+    iphone_dir = require_data("dped", "patches", "iphone")
+    canon_dir = require_data("dped", "patches", "canon")
     names = sorted((p.name for p in iphone_dir.glob("*.jpg")), key=lambda n: int(Path(n).stem))
     if not names:
-        pytest.skip(f"no DPED patches in {iphone_dir}")
+        missing_data(iphone_dir / "0.jpg")
     pairs = []
     for name in names[:N_DPED_PATCHES]:
         iphone = _to_unit(_load_uint8(iphone_dir / name))
@@ -155,14 +152,15 @@ def dped_pairs() -> list[tuple[str, F32, F32]]:
 @pytest.fixture(scope="module")
 def hd_pair() -> tuple[F32, F32]:
     """Track A on one HD image: (bicubic x1/4 -> x4 input / 255, target / 255)."""
-    hd_dir = _require_data("div2k", "HD_res")
+    hd_dir = require_data("div2k", "HD_res")
     files = sorted(hd_dir.glob("*.png"))
     if not files:
-        pytest.skip(f"no PNG images in {hd_dir}")
+        missing_data(hd_dir / "0.png")
     target = _load_uint8(files[0])
     return _to_unit(track_a_input_ref(target)), _to_unit(target)
 
 
+@pytest.mark.slow
 def test_dped_patches_numpy_flavour_match_reference(
     dped_pairs: list[tuple[str, F32, F32]],
 ) -> None:
@@ -178,6 +176,7 @@ def test_dped_patches_numpy_flavour_match_reference(
         _assert_close(psnr(iphone, canon), psnr_ref(iphone, canon), PSNR_TOL, f"PSNR of {name}")
 
 
+@pytest.mark.slow
 def test_dped_patches_track_b_evaluate_pair(dped_pairs: list[tuple[str, F32, F32]]) -> None:
     """Track B options: no crop, PSNR on clipped images, MS-SSIM (numpy) on unclipped output.
 
@@ -200,6 +199,7 @@ def test_dped_patches_track_b_evaluate_pair(dped_pairs: list[tuple[str, F32, F32
         )
 
 
+@pytest.mark.slow
 def test_div2k_hd_tf_flavour_matches_reference(hd_pair: tuple[F32, F32]) -> None:
     output, target = hd_pair
     assert output.shape == target.shape == (720, 1280, 3)
@@ -210,13 +210,14 @@ def test_div2k_hd_tf_flavour_matches_reference(hd_pair: tuple[F32, F32]) -> None
     )
 
 
+@pytest.mark.slow
 def test_div2k_full_size_track_a_protocol() -> None:
     """SPEC section 2 track A end to end on one full-size DIV2K image (2008x1324 after the
     border crop, where TensorFlow's float32 sums are off by ~5e-4), the bicubic input standing
     in for the model output."""
-    files = sorted(_require_data("div2k", "original").glob("*.png"))
+    files = sorted(require_data("div2k", "original").glob("*.png"))
     if not files:
-        pytest.skip("no full-size DIV2K images")
+        missing_data(DATA / "div2k" / "original" / "0.png")
     target_u8 = _load_uint8(files[0])
     low = track_a_input_ref(target_u8)
     h, w = low.shape[:2]
@@ -229,6 +230,7 @@ def test_div2k_full_size_track_a_protocol() -> None:
     )
 
 
+@pytest.mark.slow
 def test_div2k_hd_track_a_evaluate_pair(hd_pair: tuple[F32, F32]) -> None:
     """Track A options: 16-px border crop, both images clipped, tf flavour."""
     output, target = hd_pair
@@ -253,6 +255,7 @@ SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
 NOISE = st.floats(min_value=0.0, max_value=0.5, allow_nan=False)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     h=st.integers(161, 260), w=st.integers(161, 260), seed=SEEDS, kind=KINDS, noise=NOISE,
@@ -270,6 +273,7 @@ def test_random_tf_flavour_matches_reference(
     _assert_close(psnr(output, target), psnr_ref(output, target), PSNR_TOL, f"PSNR {kind}")
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     h=st.integers(11, 120), w=st.integers(11, 120), seed=SEEDS, kind=KINDS, noise=NOISE,
@@ -379,26 +383,28 @@ def test_references_agree_on_single_channel() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _reference_images() -> list[tuple[str, F32, F32]]:
-    cases = [
-        ("random 161x161", *_random_pair(21, 161, 161, "noisy", 0.05)),
-        ("random 300x257", *_random_pair(22, 300, 257, "noisy", 0.2)),
-        ("random 233x300", *_random_pair(23, 233, 300, "noisy", 0.02)),
-        ("shifted 176x190", *_random_pair(24, 176, 190, "shifted", 0.1)),
-    ]
-    hd = DATA / "div2k" / "HD_res" / "1.png"
-    if hd.exists():
-        target = _load_uint8(hd)[200:500, 400:700]
-        low = track_a_input_ref(target)
-        cases.append(("DIV2K HD crop 300x300", _to_unit(low), _to_unit(target)))
-    return cases
+def _hd_crop_300() -> tuple[F32, F32]:
+    target = _load_uint8(require_data("div2k", "HD_res", "1.png"))[200:500, 400:700]
+    return _to_unit(track_a_input_ref(target)), _to_unit(target)
 
 
-@pytest.mark.parametrize("case", _reference_images(), ids=lambda c: c[0])
-def test_references_match_tensorflow(case: tuple[str, F32, F32]) -> None:
+def _reference_images() -> list[Any]:
+    """(name, loader) cases, loaded when the test runs: the real crop needs the data."""
+    random = {"random 161x161": (21, 161, 161, "noisy", 0.05),
+              "random 300x257": (22, 300, 257, "noisy", 0.2),
+              "random 233x300": (23, 233, 300, "noisy", 0.02),
+              "shifted 176x190": (24, 176, 190, "shifted", 0.1)}
+    cases = [pytest.param(name, functools.partial(_random_pair, *args), id=name)
+             for name, args in random.items()]
+    return [*cases, pytest.param("DIV2K HD crop 300x300", _hd_crop_300,
+                                 id="DIV2K HD crop 300x300", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize(("name", "load"), _reference_images())
+def test_references_match_tensorflow(name: str, load: Callable[[], tuple[F32, F32]]) -> None:
     import tensorflow as tf
 
-    name, output, target = case
+    output, target = load()
     assert tf.executing_eagerly()
     tf_msssim = float(tf.image.ssim_multiscale(output[None], target[None], max_val=1.0)[0])
     tf_psnr = float(tf.image.psnr(output[None], target[None], max_val=1.0)[0])

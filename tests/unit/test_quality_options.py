@@ -9,8 +9,11 @@ as the service receives them.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +24,7 @@ from PIL import Image
 
 from services.core.errors import InvalidArgument
 from services.metrics import ms_ssim, psnr, ssim
-from tests.conftest import SHARED as DATA
+from tests.conftest import require_data
 from tests.reference import (
     _ssim_for_multiscale,
     msssim_numpy_ref,
@@ -29,6 +32,8 @@ from tests.reference import (
     psnr_ref,
     track_a_input_ref,
 )
+
+pytestmark = pytest.mark.usefixtures("metric_kernels")
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
@@ -213,20 +218,15 @@ def _load_unit(path: Path) -> F32:
 @pytest.fixture(scope="module")
 def hd_pair() -> tuple[F32, F32]:
     """Track A on div2k/HD_res/0.png: (bicubic x1/4 -> x4 / 255, target / 255)."""
-    path = DATA / "div2k" / "HD_res" / "0.png"
-    if not path.exists():
-        pytest.skip(f"PIRM 2018 sample data not found at {path}")
+    path = require_data("div2k", "HD_res", "0.png")
     with Image.open(path) as im:
         target = np.asarray(im.convert("RGB"), np.uint8)
     low = track_a_input_ref(target)
     return (low.astype(np.float32) / np.float32(255.0)).astype(np.float32), _load_unit(path)
 
 
-def _real_crop(size: int = 256) -> tuple[F32, F32] | None:
-    path = DATA / "div2k" / "HD_res" / "1.png"
-    if not path.exists():
-        return None
-    with Image.open(path) as im:
+def _real_crop(size: int = 256) -> tuple[F32, F32]:
+    with Image.open(require_data("div2k", "HD_res", "1.png")) as im:
         target = np.asarray(im.convert("RGB"), np.uint8)[200 : 200 + size, 400 : 400 + size]
     low = track_a_input_ref(np.ascontiguousarray(target))
     return (low.astype(np.float32) / np.float32(255.0)).astype(np.float32), (
@@ -234,13 +234,14 @@ def _real_crop(size: int = 256) -> tuple[F32, F32] | None:
     ).astype(np.float32)
 
 
-def _compat_pairs() -> list[tuple[str, F32, F32]]:
-    cases = [("random 256x256", *_pair(31, 256, 256, "noisy", 0.08)),
-             ("random 241x263", *_pair(32, 241, 263, "noisy", 0.2))]
-    real = _real_crop()
-    if real is not None:
-        cases.append(("DIV2K HD crop 256x256", *real))
-    return cases
+def _compat_pairs() -> list[Any]:
+    """(name, loader) cases, loaded when the test runs: the real crop needs the data."""
+    random = {"random 256x256": (31, 256, 256, "noisy", 0.08),
+              "random 241x263": (32, 241, 263, "noisy", 0.2)}
+    cases = [pytest.param(name, functools.partial(_pair, *args), id=name)
+             for name, args in random.items()]
+    return [*cases, pytest.param("DIV2K HD crop 256x256", _real_crop,
+                                 id="DIV2K HD crop 256x256", marks=pytest.mark.slow)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,6 +340,7 @@ def test_y_channel_matches_reference(h: int, w: int) -> None:
         )
 
 
+@pytest.mark.slow
 def test_y_channel_on_real_hd_pair(hd_pair: tuple[F32, F32]) -> None:
     a, b = hd_pair
     ya, yb = _luma(a), _luma(b)
@@ -348,11 +350,10 @@ def test_y_channel_on_real_hd_pair(hd_pair: tuple[F32, F32]) -> None:
     )
 
 
+@pytest.mark.slow
 def test_y_channel_dped_patch_numpy_flavour() -> None:
-    iphone, canon = DATA / "dped" / "patches" / "iphone" / "0.jpg", DATA / "dped" / "patches"
-    if not iphone.exists():
-        pytest.skip("no DPED patches")
-    a, b = _load_unit(iphone), _load_unit(canon / "canon" / "0.jpg")
+    iphone = require_data("dped", "patches", "iphone", "0.jpg")
+    a, b = _load_unit(iphone), _load_unit(require_data("dped", "patches", "canon", "0.jpg"))
     ya, yb = _luma(a), _luma(b)
     _assert_close(
         ms_ssim(a, b, flavor="numpy", channel="y"),
@@ -510,11 +511,11 @@ def test_ssim_tf_flavour_too_small_for_the_window() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", _compat_pairs(), ids=lambda c: c[0])
-def test_tf_compat_is_tensorflow(case: tuple[str, F32, F32]) -> None:
+@pytest.mark.parametrize(("name", "load"), _compat_pairs())
+def test_tf_compat_is_tensorflow(name: str, load: Callable[[], tuple[F32, F32]]) -> None:
     import tensorflow as tf
 
-    name, a, b = case
+    a, b = load()
     want_ms = float(tf.image.ssim_multiscale(a[None], b[None], max_val=1.0)[0])
     want_ss = float(tf.image.ssim(a[None], b[None], max_val=1.0)[0])
     want_psnr = float(tf.image.psnr(a[None], b[None], max_val=1.0)[0])
@@ -542,6 +543,7 @@ def test_tf_compat_only_for_tf_flavour() -> None:
         ms_ssim(a, b, flavor="numpy", tf_compat=True)
 
 
+@pytest.mark.slow
 def test_tf_compat_on_hd_pair_differs_from_exact_by_less_than_1e_3(
     hd_pair: tuple[F32, F32],
 ) -> None:
@@ -567,6 +569,7 @@ SIDES = st.one_of(st.integers(5, 160), st.integers(161, 400))
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @settings(SETTINGS, max_examples=80)
 @given(
     h=SIDES, w=SIDES, seed=SEEDS, kind=KINDS, noise=NOISE,
@@ -595,6 +598,7 @@ def test_random_ms_ssim_options(
     _assert_close(got, want, SSIM_TOL, what)
 
 
+@pytest.mark.slow
 @settings(SETTINGS, max_examples=60)
 @given(
     h=SIDES, w=SIDES, seed=SEEDS, kind=KINDS, noise=NOISE,
@@ -623,6 +627,7 @@ def test_random_ssim_and_psnr(
                   f"{channel} PSNR {kind} {h}x{w}")
 
 
+@pytest.mark.slow
 @settings(SETTINGS, max_examples=30)
 @given(h=st.integers(161, 400), w=st.integers(161, 400), seed=SEEDS, kind=KINDS,
        noise=NOISE)
@@ -635,6 +640,7 @@ def test_random_tf_flavour_against_msssim_tf_ref(
                   f"tf {kind} {h}x{w} noise {noise}")
 
 
+@pytest.mark.slow
 def test_large_random_pair_tf_flavour() -> None:
     """A DIV2K-sized 2040x1356 pair: float32 sums would be off by ~5e-4 here."""
     a, b = _pair(56, 1356, 2040, "noisy", 0.05)
