@@ -207,7 +207,7 @@ def _pyramid_sums(a: np.ndarray, b: np.ndarray, small: SmallPolicy, c1: float,
             if r0 is None:
                 return
             kernels.ssim_band(a, b, window, c1, c2, r0, min(r0 + FULL_SCALE_CHUNK_ROWS, rows),
-                              out)
+                              out, False)
 
     helper_sums = np.zeros((a.shape[2], 2))
 
@@ -218,7 +218,8 @@ def _pyramid_sums(a: np.ndarray, b: np.ndarray, small: SmallPolicy, c1: float,
             coarse_window = _window(x.shape[0], x.shape[1], small, scale)
             n = len(coarse_window)
             counts[scale] = (x.shape[0] - n + 1) * (x.shape[1] - n + 1)
-            kernels.ssim_band(x, y, coarse_window, c1, c2, 0, x.shape[0] - n + 1, sums[scale])
+            kernels.ssim_band(x, y, coarse_window, c1, c2, 0, x.shape[0] - n + 1, sums[scale],
+                              scale == levels - 1)  # luminance: at the last scale only
         full_scale(helper_sums)
 
     if _THREADS == 1:
@@ -244,7 +245,7 @@ def _scale_terms(
     partial = np.zeros((_THREADS, a.shape[2], 2))
 
     def band(index: int, r0: int, r1: int) -> None:
-        kernels.ssim_band(a, b, window, c1, c2, r0, r1, partial[index])
+        kernels.ssim_band(a, b, window, c1, c2, r0, r1, partial[index], True)
 
     _in_bands(rows, rows * cols, band)
     sums = partial.sum(axis=0)
