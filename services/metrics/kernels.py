@@ -17,9 +17,10 @@ from numba import njit
 
 
 @njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
-def ssim_band(x, y, g, c1, c2, r0, r1, out):
-    """Adds, per channel, the sums of luminance*cs and of cs over output rows [r0, r1) of the
-    'valid' area of an HxWxC pair filtered by outer(g, g). All in float64.
+def ssim_band(x, y, g, c1, c2, r0, r1, out, with_ssim):
+    """Adds, per channel, the sums of luminance*cs (if with_ssim, else out[:, 0] stays) and of
+    cs over output rows [r0, r1) of the 'valid' area of an HxWxC pair filtered by outer(g, g).
+    All in float64. MS-SSIM needs luminance at its last scale only: the other four skip it.
 
     Vertical pass first: each output row sums its len(g) input rows into four rows holding the
     filtered x, y, x*y and x*x + y*y (the products are formed from the input, which stays in
@@ -29,15 +30,15 @@ def ssim_band(x, y, g, c1, c2, r0, r1, out):
     # The channel count is the horizontal stride: as a constant it lets the compiler vectorise
     # the horizontal pass (5x faster than with a stride known only at run time).
     if x.shape[2] == 3:
-        _band(x, y, g, c1, c2, r0, r1, out, 3)
+        _band(x, y, g, c1, c2, r0, r1, out, with_ssim, 3)
     elif x.shape[2] == 1:
-        _band(x, y, g, c1, c2, r0, r1, out, 1)
+        _band(x, y, g, c1, c2, r0, r1, out, with_ssim, 1)
     else:
-        _band(x, y, g, c1, c2, r0, r1, out, x.shape[2])
+        _band(x, y, g, c1, c2, r0, r1, out, with_ssim, x.shape[2])
 
 
 @njit(nogil=True, cache=True, fastmath=True, error_model="numpy", inline="always")
-def _band(x, y, g, c1, c2, r0, r1, out, s):
+def _band(x, y, g, c1, c2, r0, r1, out, with_ssim, s):
     w = x.shape[1]
     wc = w * s
     cols = (w - g.shape[0] + 1) * s
@@ -46,7 +47,10 @@ def _band(x, y, g, c1, c2, r0, r1, out, s):
     sum_cs = np.zeros(cols)
     for i in range(r0, r1):
         _vertical(x, y, g, i, filtered)
-        _horizontal_terms(filtered, g, s, c1, c2, sum_ssim, sum_cs)
+        if with_ssim or g.shape[0] != 11:
+            _horizontal_terms(filtered, g, s, c1, c2, sum_ssim, sum_cs)
+        else:
+            _horizontal_cs(filtered, g, s, c2, sum_cs)
     for ch in range(s):
         for t in range(ch, cols, s):
             out[ch, 0] += sum_ssim[t]
@@ -124,21 +128,35 @@ def _horizontal_terms(filtered, g, s, c1, c2, sum_ssim, sum_cs):
                 msq += g[k] * fsq[t + k * s]
             _add_terms(mx, my, mxy, msq, c1, c2, t, sum_ssim, sum_cs)
         return
-    g0, g1, g2, g3, g4, g5 = g[0], g[1], g[2], g[3], g[4], g[5]
     for t in range(sum_cs.shape[0]):
-        mx = (g0 * (fx[t] + fx[t + 10 * s]) + g1 * (fx[t + s] + fx[t + 9 * s])
-              + g2 * (fx[t + 2 * s] + fx[t + 8 * s]) + g3 * (fx[t + 3 * s] + fx[t + 7 * s])
-              + g4 * (fx[t + 4 * s] + fx[t + 6 * s]) + g5 * fx[t + 5 * s])
-        my = (g0 * (fy[t] + fy[t + 10 * s]) + g1 * (fy[t + s] + fy[t + 9 * s])
-              + g2 * (fy[t + 2 * s] + fy[t + 8 * s]) + g3 * (fy[t + 3 * s] + fy[t + 7 * s])
-              + g4 * (fy[t + 4 * s] + fy[t + 6 * s]) + g5 * fy[t + 5 * s])
-        mxy = (g0 * (fxy[t] + fxy[t + 10 * s]) + g1 * (fxy[t + s] + fxy[t + 9 * s])
-               + g2 * (fxy[t + 2 * s] + fxy[t + 8 * s]) + g3 * (fxy[t + 3 * s] + fxy[t + 7 * s])
-               + g4 * (fxy[t + 4 * s] + fxy[t + 6 * s]) + g5 * fxy[t + 5 * s])
-        msq = (g0 * (fsq[t] + fsq[t + 10 * s]) + g1 * (fsq[t + s] + fsq[t + 9 * s])
-               + g2 * (fsq[t + 2 * s] + fsq[t + 8 * s]) + g3 * (fsq[t + 3 * s] + fsq[t + 7 * s])
-               + g4 * (fsq[t + 4 * s] + fsq[t + 6 * s]) + g5 * fsq[t + 5 * s])
+        mx, my, mxy, msq = _means11(filtered, g, s, t)
         _add_terms(mx, my, mxy, msq, c1, c2, t, sum_ssim, sum_cs)
+
+
+@njit(nogil=True, cache=True, fastmath=True, error_model="numpy", inline="always")
+def _horizontal_cs(filtered, g, s, c2, sum_cs):
+    """_horizontal_terms without luminance (15% less time: no second sum, fewer products)."""
+    for t in range(sum_cs.shape[0]):
+        mx, my, mxy, msq = _means11(filtered, g, s, t)
+        sum_cs[t] += (2.0 * (mxy - mx * my) + c2) / (msq - (mx * mx + my * my) + c2)
+
+
+@njit(nogil=True, cache=True, fastmath=True, error_model="numpy", inline="always")
+def _means11(filtered, g, s, t):
+    """The four maps of column t filtered horizontally by the 11-tap g (stride s), written out:
+    every tap in a register, g symmetric (g[k] = g[10-k])."""
+    g0, g1, g2, g3, g4, g5 = g[0], g[1], g[2], g[3], g[4], g[5]
+    return (_tap11(filtered[0], t, s, g0, g1, g2, g3, g4, g5),
+            _tap11(filtered[1], t, s, g0, g1, g2, g3, g4, g5),
+            _tap11(filtered[2], t, s, g0, g1, g2, g3, g4, g5),
+            _tap11(filtered[3], t, s, g0, g1, g2, g3, g4, g5))
+
+
+@njit(nogil=True, cache=True, fastmath=True, error_model="numpy", inline="always")
+def _tap11(f, t, s, g0, g1, g2, g3, g4, g5):
+    return (g0 * (f[t] + f[t + 10 * s]) + g1 * (f[t + s] + f[t + 9 * s])
+            + g2 * (f[t + 2 * s] + f[t + 8 * s]) + g3 * (f[t + 3 * s] + f[t + 7 * s])
+            + g4 * (f[t + 4 * s] + f[t + 6 * s]) + g5 * f[t + 5 * s])
 
 
 @njit(nogil=True, cache=True, fastmath=True, error_model="numpy", inline="always")
@@ -240,7 +258,7 @@ def pyramid_terms(x, y, levels, size, sigma, c1, c2, out):
         n = min(size, side)
         g = gaussian_window(n, n * sigma / size)
         sums = np.zeros((a.shape[2], 2))
-        ssim_band(a, b, g, c1, c2, 0, a.shape[0] - n + 1, sums)
+        ssim_band(a, b, g, c1, c2, 0, a.shape[0] - n + 1, sums, True)
         count = (a.shape[0] - n + 1) * (a.shape[1] - n + 1)
         for ch in range(a.shape[2]):
             out[scale, ch, 0] = sums[ch, 0] / count

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -46,7 +47,9 @@ LUMA_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
 LUMA_OFFSET = 16.0 / 255.0
 # Valid-area pixels below which one band in the calling thread beats spreading over threads.
 PARALLEL_MIN_PIXELS = 128 * 128
-BANDS_PER_CORE = 4
+# Rows of the full scale per piece of work that the two threads share (about 1 ms each on
+# an HD pair: small enough to balance them, large enough that taking one costs nothing).
+FULL_SCALE_CHUNK_ROWS = 32
 _THREADS = os.cpu_count() or 1
 _POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="ssim-band")
 # Pairs of a batch run concurrently on their own pool (a pair may use _POOL for its bands).
@@ -171,13 +174,62 @@ def _pyramid(a: np.ndarray, b: np.ndarray, flavor: Flavor, max_val: float,
             out = out.mean(axis=1, keepdims=True)
         terms = [out[scale, :, 1] for scale in range(levels - 1)] + [out[levels - 1, :, 0]]
         return np.array(terms)
-    terms = []
-    for scale in range(levels):
-        if scale:
-            a, b = _downsampled(a, b)
-        ssim, cs = _scale_terms(a, b, flavor, max_val, small, scale)
-        terms.append(cs if scale < levels - 1 else ssim)
-    return np.array(terms)
+    sums, counts = _pyramid_sums(a, b, small, (K1 * max_val) ** 2, (K2 * max_val) ** 2)
+    if flavor is Flavor.NUMPY:
+        sums = sums.sum(axis=1, keepdims=True) / a.shape[2]
+    means = sums / counts[:, np.newaxis, np.newaxis]  # scales x (channels | 1) x (ssim, cs)
+    return np.concatenate([means[:-1, :, 1], means[-1:, :, 0]])
+
+
+def _pyramid_sums(a: np.ndarray, b: np.ndarray, small: SmallPolicy, c1: float,
+                  c2: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per scale and channel, the sums of SSIM and of contrast-structure over the 'valid' area,
+    and each scale's area.
+
+    One hand-off between two threads for the whole pyramid instead of two per scale (bands of
+    every scale, then of every downsampling): on a busy machine each hand-off waits for the
+    scheduler. A helper thread downsamples and measures the coarse scales (a quarter of the
+    work), then joins the calling thread on the full scale, whose rows both take in chunks from
+    a shared queue, so that neither waits for the other when one of them is descheduled."""
+    levels = len(MSSSIM_WEIGHTS)
+    sums = np.zeros((levels, a.shape[2], 2))
+    counts = np.zeros(levels)
+    window = _window(a.shape[0], a.shape[1], small, 0)
+    rows = a.shape[0] - len(window) + 1
+    counts[0] = rows * (a.shape[1] - len(window) + 1)
+    chunks = iter(range(0, rows, FULL_SCALE_CHUNK_ROWS))
+    lock = threading.Lock()
+
+    def full_scale(out: np.ndarray) -> None:
+        while True:
+            with lock:  # an iterator is not thread-safe
+                r0 = next(chunks, None)
+            if r0 is None:
+                return
+            kernels.ssim_band(a, b, window, c1, c2, r0, min(r0 + FULL_SCALE_CHUNK_ROWS, rows),
+                              out, False)
+
+    helper_sums = np.zeros((a.shape[2], 2))
+
+    def coarse_then_full_scale() -> None:
+        x, y = a, b
+        for scale in range(1, levels):
+            x, y = kernels.downsample(x), kernels.downsample(y)
+            coarse_window = _window(x.shape[0], x.shape[1], small, scale)
+            n = len(coarse_window)
+            counts[scale] = (x.shape[0] - n + 1) * (x.shape[1] - n + 1)
+            kernels.ssim_band(x, y, coarse_window, c1, c2, 0, x.shape[0] - n + 1, sums[scale],
+                              scale == levels - 1)  # luminance: at the last scale only
+        full_scale(helper_sums)
+
+    if _THREADS == 1:
+        coarse_then_full_scale()
+    else:
+        helper = _POOL.submit(coarse_then_full_scale)
+        full_scale(sums[0])
+        helper.result()
+    sums[0] += helper_sums
+    return sums, counts
 
 
 def _scale_terms(
@@ -193,26 +245,13 @@ def _scale_terms(
     partial = np.zeros((_THREADS, a.shape[2], 2))
 
     def band(index: int, r0: int, r1: int) -> None:
-        kernels.ssim_band(a, b, window, c1, c2, r0, r1, partial[index])
+        kernels.ssim_band(a, b, window, c1, c2, r0, r1, partial[index], True)
 
     _in_bands(rows, rows * cols, band)
     sums = partial.sum(axis=0)
     if flavor is Flavor.NUMPY:
         sums = sums.sum(axis=0, keepdims=True) / a.shape[2]
     return sums[:, 0] / (rows * cols), sums[:, 1] / (rows * cols)
-
-
-def _downsampled(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The next scale of both images (2x2 means, in float64)."""
-    shape = ((a.shape[0] + 1) // 2, (a.shape[1] + 1) // 2, a.shape[2])
-    small_a, small_b = np.empty(shape), np.empty(shape)
-
-    def band(_: int, r0: int, r1: int) -> None:
-        kernels.downsample_rows(a, small_a, r0, r1)
-        kernels.downsample_rows(b, small_b, r0, r1)
-
-    _in_bands(shape[0], shape[0] * shape[1], band)
-    return small_a, small_b
 
 
 def _in_bands(rows: int, pixels: int, task: Callable[[int, int, int], None]) -> None:
