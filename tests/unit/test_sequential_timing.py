@@ -26,6 +26,7 @@ from services.core.timing import (
     Comparison,
     TimingOptions,
 )
+from services.inference import timing
 from services.inference.timing import measure_interleaved, paired_ratio_ci95
 
 
@@ -112,27 +113,17 @@ def test_the_ratio_interval_covers_the_true_ratio(case: str) -> None:
     assert np.median(widths) <= 0.02
 
 
-def test_a_naive_interval_would_fail_the_coverage_check() -> None:
-    """The check above can fail: the same simulation judged by the pairs' mean +/- 1.96
-    standard errors of the *individual runs* (ignoring the drift the pairs share), stopped as
-    soon as that looks narrow, covers far less often."""
-    true, covered = 1.0, 0
-    for seed in range(200):
-        machine = Machine(np.random.default_rng(seed))
-        model = machine.model("model", 2.7, 0.02)
-        baseline = machine.model("baseline", 2.7, 0.02)
-        a: list[float] = []
-        b: list[float] = []
-        while True:
-            a.append(model())
-            b.append(baseline())
-            ratio = float(np.mean(b) / np.mean(a))
-            se = ratio * math.hypot(np.std(a) / np.mean(a), np.std(b) / np.mean(b)) / math.sqrt(
-                len(a))
-            if len(a) >= 6 and 1.96 * se / ratio <= 0.02:
-                break
-        covered += ratio - 1.96 * se <= true <= ratio + 1.96 * se
-    assert covered / 200 < 0.93
+def test_the_coverage_check_fails_a_95_percent_interval_per_look(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: the same intervals computed at 95% at each look (instead of
+    97.5%) and stopped on the first narrow one cover the true ratio of two equally fast models
+    in fewer than 93% of the same 400 simulated timings (optional stopping)."""
+    monkeypatch.setattr(timing, "SEQUENTIAL_TAIL", 0.025)
+    covered = 0
+    for seed in range(400):
+        result, _ = simulate(seed, 2.7, 0.02, 2.7, 0.02, TimingOptions())
+        covered += result.ratio_ci95_low <= 1.0 <= result.ratio_ci95_high
+    assert covered / 400 < 0.93, covered
 
 
 def test_the_cost_does_not_grow_as_the_model_gets_faster() -> None:
@@ -152,8 +143,9 @@ def test_the_cost_does_not_grow_as_the_model_gets_faster() -> None:
     fixed_fast = cost(0.027, 0.06, TimingOptions(protocol=FIXED))
     assert fixed_fast > 3 * fast, (fixed_fast, fast)
     result, machine = simulate(1, 0.027, 0.06, 2.7, 0.02, TimingOptions())
-    assert (result.stopping.solution_block, result.stopping.baseline_block) == (100, 1)
-    assert result.solution.runs == 100 * result.stopping.pairs
+    # Sized from the latest warm-up runs (noisy): about 100 model runs per baseline run.
+    assert 80 <= result.stopping.solution_block <= 120 and result.stopping.baseline_block == 1
+    assert result.solution.runs == result.stopping.solution_block * result.stopping.pairs
     assert result.baseline.runs == result.stopping.pairs
     assert machine.runs["baseline"] == result.stopping.pairs + result.baseline.warmup_runs
 
