@@ -311,8 +311,9 @@ def stopping_summary(stopping: common_pb2.TimingStopping) -> dict[str, Any]:
 
 def ratio_text(summary: dict[str, Any]) -> str:
     """A succeeded job's speed ratio, its interval and how the timing stopped, in a line."""
-    low, high = summary["speed_ratio_ci95"]
-    text = f"speed ratio {summary['speed_ratio']:.3f} (95% CI {low:.3f}-{high:.3f}"
+    low, high = (value if isinstance(value, str) else f"{value:.3f}"
+                 for value in summary["speed_ratio_ci95"])
+    text = f"speed ratio {summary['speed_ratio']:.3f} (95% CI {low}-{high}"
     stopping = summary.get("timing_stopping") or {}
     width = stopping.get("width")
     if stopping.get("protocol") and isinstance(width, float):
@@ -375,7 +376,9 @@ def job_summary(job: scorer_pb2.Job) -> dict[str, Any]:
             baseline_runtime_ci95_ms=[r.baseline_runtime.ci95_low_ms,
                                       r.baseline_runtime.ci95_high_ms],
             speed_ratio=r.speed_ratio,
-            speed_ratio_ci95=[r.speed_ratio_ci95_low, r.speed_ratio_ci95_high],
+            # Unbounded (inf) while a timing has fewer pairs than its interval needs.
+            speed_ratio_ci95=[json_number(r.speed_ratio_ci95_low),
+                              json_number(r.speed_ratio_ci95_high)],
             timing_mode=r.timing_mode,
             timing_stopping=stopping_summary(r.timing_stopping),
             peak_memory_mb=r.runtime.peak_memory_mb,
