@@ -381,6 +381,39 @@ def json_number(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
+def stopping_summary(stopping: common_pb2.TimingStopping) -> dict[str, Any]:
+    """How the timing ran: protocol, pairs and runs per pair, the ratio's interval width
+    reached (relative half-width) and why it stopped, what an earlier timing spared."""
+    return {
+        "protocol": stopping.protocol, "pairs": stopping.pairs,
+        "solution_block": stopping.solution_block, "baseline_block": stopping.baseline_block,
+        "width": json_number(stopping.width), "reason": stopping.reason,
+        "reused": list(stopping.reused),
+    }
+
+
+def ratio_text(summary: dict[str, Any]) -> str:
+    """A succeeded job's speed ratio, its interval and how the timing stopped, in a line."""
+    low, high = (value if isinstance(value, str) else f"{value:.3f}"
+                 for value in summary["speed_ratio_ci95"])
+    text = f"speed ratio {summary['speed_ratio']:.3f} (95% CI {low}-{high}"
+    stopping = summary.get("timing_stopping") or {}
+    width = stopping.get("width")
+    if stopping.get("protocol") and isinstance(width, float):
+        text += f", +/-{100 * width:.1f}%"
+    if stopping.get("pairs"):
+        blocks = ""
+        if stopping["solution_block"] > 1 or stopping["baseline_block"] > 1:
+            blocks = (f" of {stopping['solution_block']} model and {stopping['baseline_block']}"
+                      " baseline runs")
+        text += f"; {stopping['protocol']}: {stopping['pairs']} pairs{blocks}"
+    if stopping.get("reason"):
+        text += f", stopped: {stopping['reason']}"
+    if stopping.get("reused"):
+        text += f"; reused: {', '.join(stopping['reused'])}"
+    return text + ")"
+
+
 def timing_check_summary(check: common_pb2.TimingCheck) -> dict[str, Any]:
     """Whether the model appeared to recognise the timing input, and the probes' figures."""
     return {
@@ -426,8 +459,11 @@ def job_summary(job: scorer_pb2.Job) -> dict[str, Any]:
             baseline_runtime_ci95_ms=[r.baseline_runtime.ci95_low_ms,
                                       r.baseline_runtime.ci95_high_ms],
             speed_ratio=r.speed_ratio,
-            speed_ratio_ci95=[r.speed_ratio_ci95_low, r.speed_ratio_ci95_high],
+            # Unbounded (inf) while a timing has fewer pairs than its interval needs.
+            speed_ratio_ci95=[json_number(r.speed_ratio_ci95_low),
+                              json_number(r.speed_ratio_ci95_high)],
             timing_mode=r.timing_mode,
+            timing_stopping=stopping_summary(r.timing_stopping),
             peak_memory_mb=r.runtime.peak_memory_mb,
             device=r.runtime.device,
             node=r.runtime.node,

@@ -48,10 +48,13 @@ def print_job(s: dict[str, Any]) -> None:
     print(f"job {s['job_id']}: {s['state']} (track {s['track']}, {s['phase']}, "
           f"{s['images_done']}/{s['images_total']} images)")
     if s["state"] == "SUCCEEDED":
+        from services.client import ratio_text  # loaded already: the job came through it
+
         lo, hi = s["runtime_ci95_ms"]
         print(f"  PSNR {s['psnr']:.4f} dB   MS-SSIM {s['msssim']:.6f}")
         print(f"  runtime {s['runtime_ms']:.1f} ms (95% CI {lo:.1f}-{hi:.1f}, {s['runtime_runs']} "
               f"runs, {s['device']} on {s['node']}); baseline {s['baseline_runtime_ms']:.1f} ms")
+        print(f"  {ratio_text(s)}")
         if s["awaiting_mos"]:
             print("  scores: waiting for the MOS (pirm set-mos JOB_ID --mos X)")
         else:

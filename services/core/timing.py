@@ -10,13 +10,32 @@ from dataclasses import dataclass
 
 from services.core.errors import InvalidArgument
 
+SEQUENTIAL = "sequential"
+FIXED = "fixed"
+PROTOCOLS = (SEQUENTIAL, FIXED)
+# Why a comparison stopped.
+STOP_WIDTH = "width"  # sequential: the ratio's interval became narrow enough
+STOP_MAX_PAIRS = "max_pairs"  # sequential: max_runs pairs, the interval still wider
+STOP_FIXED = "fixed"  # fixed: each side had min_runs and min_seconds of runs (or max_runs)
+
 
 @dataclass(frozen=True)
 class TimingOptions:
+    """How long a timing goes on. `sequential` (a comparison): model and baseline alternate in
+    pairs (a block of runs of the faster side against one run of the slower, so that a pair
+    costs about two runs of the slower side whatever the model's speed) until the speed
+    ratio's 95% interval is within +/- ratio_width (relative to its centre), after at least
+    min_pairs pairs and at most max_runs pairs. `fixed` (the earlier protocol, and a model
+    timed alone): min_runs runs and min_seconds of runs on each side, at most max_runs."""
+
     warmup_runs: int = 3
     min_runs: int = 10
     min_seconds: float = 2.0
     max_runs: int = 200
+    protocol: str = SEQUENTIAL
+    ratio_width: float = 0.02
+    # The sequential interval (a sign-test interval at 97.5%) needs 7 pairs.
+    min_pairs: int = 7
 
     def validated(self) -> TimingOptions:
         if not (self.warmup_runs >= 0 and self.min_runs >= 1
@@ -25,7 +44,18 @@ class TimingOptions:
                 "timing needs warmup_runs >= 0, min_runs >= 1 and a finite min_seconds >= 0; "
                 f"got {self}"
             )
-        if self.max_runs < self.min_runs:
+        if self.protocol not in PROTOCOLS:
+            raise InvalidArgument(
+                f"unknown timing protocol {self.protocol!r}; use {' or '.join(PROTOCOLS)}")
+        if not (math.isfinite(self.ratio_width) and self.ratio_width >= 0
+                and self.min_pairs >= 1):
+            raise InvalidArgument(
+                "timing needs a finite ratio_width >= 0 (0: stop at max_runs pairs) and "
+                f"min_pairs >= 1; got ratio_width {self.ratio_width}, min_pairs "
+                f"{self.min_pairs}")
+        if self.max_runs < 1:
+            raise InvalidArgument(f"timing max_runs must be at least 1; got {self.max_runs}")
+        if self.protocol == FIXED and self.max_runs < self.min_runs:
             raise InvalidArgument(
                 f"timing max_runs ({self.max_runs}) is below min_runs ({self.min_runs})"
             )
@@ -88,9 +118,29 @@ class DeviceTiming:
 
 
 @dataclass(frozen=True)
+class Stopping:
+    """How a comparison was run and why it ended."""
+
+    protocol: str = ""  # sequential | fixed; empty: not recorded (an older result)
+    pairs: int = 0  # timed pairs (sequential) or rounds A B (fixed)
+    solution_block: int = 1  # runs of the model in each pair
+    baseline_block: int = 1  # runs of the baseline in each pair
+    # The ratio's 95% interval reached, +/- relative to its centre: (high - low) / (high + low).
+    width: float = 0.0
+    reason: str = ""  # width | max_pairs | fixed
+    # What an earlier timing on this node spared this one (e.g. "baseline warm-up"): never a
+    # timing figure of the model itself.
+    reused: tuple[str, ...] = ()
+
+
+def relative_width(low: float, high: float) -> float:
+    return (high - low) / (high + low) if high + low > 0 and math.isfinite(high) else math.inf
+
+
+@dataclass(frozen=True)
 class Comparison:
     """A solution and the baseline timed in alternation, and the speed ratio baseline/solution
-    (the score's speed term before its cap) with a bootstrap 95% interval."""
+    (the score's speed term before its cap) with its 95% interval."""
 
     solution: Timing
     baseline: Timing
@@ -98,6 +148,7 @@ class Comparison:
     ratio_ci95_low: float
     ratio_ci95_high: float
     check: TimingCheck = TimingCheck()  # of the solution's timing
+    stopping: Stopping = Stopping()
 
 
 @dataclass(frozen=True)
@@ -109,3 +160,4 @@ class RuntimeComparison:
     speed_ratio: float
     ratio_ci95_low: float
     ratio_ci95_high: float
+    stopping: Stopping = Stopping()

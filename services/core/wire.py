@@ -9,7 +9,16 @@ from pirm.v1 import common_pb2, inference_pb2, metrics_pb2, scorer_pb2
 from services.core.errors import InvalidArgument
 from services.core.jobs import JobState
 from services.core.quality import Channel, Flavor, NegativePolicy, QualityOptions, SmallPolicy
-from services.core.timing import DeviceTiming, Timing, TimingCheck, TimingOptions, TimingProbe
+from services.core.timing import (
+    FIXED,
+    SEQUENTIAL,
+    DeviceTiming,
+    Stopping,
+    Timing,
+    TimingCheck,
+    TimingOptions,
+    TimingProbe,
+)
 from services.core.track import EntryPolicy, Phase, Track
 
 # -- tracks, phases, leaderboards, job states ------------------------------------------------
@@ -93,21 +102,50 @@ def timing_from_proto(message: common_pb2.Timing) -> DeviceTiming:
     )
 
 
+_PROTOCOLS = {inference_pb2.TIMING_PROTOCOL_UNSPECIFIED: SEQUENTIAL,
+              inference_pb2.TIMING_PROTOCOL_SEQUENTIAL: SEQUENTIAL,
+              inference_pb2.TIMING_PROTOCOL_FIXED: FIXED}
+_PROTOCOL_MESSAGES = {SEQUENTIAL: inference_pb2.TIMING_PROTOCOL_SEQUENTIAL,
+                      FIXED: inference_pb2.TIMING_PROTOCOL_FIXED}
+
+
 def timing_options(message: inference_pb2.TimingOptions) -> TimingOptions:
-    """Zero fields keep the service defaults."""
-    defaults = TimingOptions()
+    """Unset fields keep the service defaults; an explicit 0 is 0."""
+    d, m = TimingOptions(), message
+    if m.protocol not in _PROTOCOLS:
+        raise InvalidArgument(f"unknown timing protocol {m.protocol}; use SEQUENTIAL or FIXED")
+    min_runs = m.min_runs if m.HasField("min_runs") else d.min_runs
     return TimingOptions(
-        warmup_runs=message.warmup_runs or defaults.warmup_runs,
-        min_runs=message.min_runs or defaults.min_runs,
-        min_seconds=message.min_seconds or defaults.min_seconds,
-        max_runs=message.max_runs or max(defaults.max_runs, message.min_runs),
+        warmup_runs=m.warmup_runs if m.HasField("warmup_runs") else d.warmup_runs,
+        min_runs=min_runs,
+        min_seconds=m.min_seconds if m.HasField("min_seconds") else d.min_seconds,
+        max_runs=m.max_runs if m.HasField("max_runs") else max(d.max_runs, min_runs),
+        protocol=_PROTOCOLS[m.protocol],
+        ratio_width=m.ratio_width if m.HasField("ratio_width") else d.ratio_width,
+        min_pairs=m.min_pairs if m.HasField("min_pairs") else d.min_pairs,
     )
 
 
 def timing_options_message(options: TimingOptions) -> inference_pb2.TimingOptions:
     return inference_pb2.TimingOptions(
         warmup_runs=options.warmup_runs, min_runs=options.min_runs,
-        min_seconds=options.min_seconds, max_runs=options.max_runs)
+        min_seconds=options.min_seconds, max_runs=options.max_runs,
+        protocol=_PROTOCOL_MESSAGES[options.protocol], ratio_width=options.ratio_width,
+        min_pairs=options.min_pairs)
+
+
+def stopping_to_proto(stopping: Stopping) -> common_pb2.TimingStopping:
+    return common_pb2.TimingStopping(
+        protocol=stopping.protocol, pairs=stopping.pairs,
+        solution_block=stopping.solution_block, baseline_block=stopping.baseline_block,
+        width=stopping.width, reason=stopping.reason, reused=list(stopping.reused))
+
+
+def stopping_from_proto(message: common_pb2.TimingStopping) -> Stopping:
+    return Stopping(
+        protocol=message.protocol, pairs=message.pairs,
+        solution_block=message.solution_block or 1, baseline_block=message.baseline_block or 1,
+        width=message.width, reason=message.reason, reused=tuple(message.reused))
 
 
 # -- quality -----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from services.core.errors import InvalidArgument
-from services.core.timing import Timing, TimingOptions
+from services.core.timing import FIXED, Timing, TimingOptions
 from services.inference.engine import DEFAULT_MEMORY_LIMIT
 from services.inference.graphs import DEFAULT_INPUT, DEFAULT_OUTPUT, GraphSpec, parse_graph
 from services.inference.inspection import Inspection, first_line, inspect_graph
@@ -28,7 +28,8 @@ from services.inference.timing import measure_interleaved
 from services.inference.worker import call_in_fresh_process, cap_data_segment
 
 # Fewer runs than a scored timing: an estimate on a proxy, at least 5 runs after warm-up.
-MOBILE_TIMING = TimingOptions(warmup_runs=2, min_runs=5, min_seconds=1.0, max_runs=50)
+MOBILE_TIMING = TimingOptions(warmup_runs=2, min_runs=5, min_seconds=1.0, max_runs=50,
+                              protocol=FIXED)
 _UNSUPPORTED_OP = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
 
 

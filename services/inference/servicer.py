@@ -9,7 +9,7 @@ from pirm.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 from services.core.errors import InvalidArgument
 from services.core.tensors import from_tensor, to_tensor
-from services.core.wire import timing_options, timing_to_proto
+from services.core.wire import stopping_to_proto, timing_options, timing_to_proto
 from services.inference.engine import Engine
 from services.inference.graphs import GraphSpec
 
@@ -71,6 +71,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         output, run_ms = self.engine.infer(request.model, image, _DEVICES[request.device])
         return inference_pb2.InferResponse(output=to_tensor(output), run_ms=run_ms)
 
+    def MeasureMemory(
+        self, request: inference_pb2.MeasureMemoryRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.MeasureMemoryResponse:
+        abort = threading.Event()
+        context.add_callback(abort.set)
+        peak, reused = self.engine.measure_memory(
+            request.model, from_tensor(request.input, "input"), _DEVICES[request.device], abort)
+        return inference_pb2.MeasureMemoryResponse(peak_memory_mb=peak, reused=reused)
+
     def Benchmark(
         self, request: inference_pb2.BenchmarkRequest, context: grpc.ServicerContext
     ) -> inference_pb2.BenchmarkResponse:
@@ -97,4 +106,5 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             speed_ratio=result.speed_ratio,
             speed_ratio_ci95_low=result.ratio_ci95_low,
             speed_ratio_ci95_high=result.ratio_ci95_high,
+            stopping=stopping_to_proto(result.stopping),
         )

@@ -8,6 +8,7 @@ import math
 from html import escape
 from pathlib import Path
 
+from services.client import ratio_text
 from services.report.content import BoardRow, ReportContent
 from services.report.figures import image_distributions, runtime_scatter
 
@@ -89,7 +90,8 @@ def _job_section(job: dict[str, object]) -> str:
     if job["state"] == "SUCCEEDED":
         lines.append(f"PSNR {_number(job['psnr'], 4)} dB, MS-SSIM {_number(job['msssim'], 6)}, "
                      f"runtime {_number(job['runtime_ms'], 1)} ms on {escape(str(job['device']))}"
-                     f" (baseline {_number(job['baseline_runtime_ms'], 1)} ms)")
+                     f" (baseline {_number(job['baseline_runtime_ms'], 1)} ms); "
+                     f"{escape(ratio_text(job))}")
         lines.append(f"score A {_number(job['score_a'], 3)}, score B {_number(job['score_b'], 3)}"
                      f", score C {_number(job['score_c'], 3)}")
     if job.get("error"):

@@ -32,7 +32,12 @@ from services.core.channel import ChannelSecurity, open_channel
 from services.core.quality import PairQuality, QualityOptions
 from services.core.tensors import from_tensor, to_tensor
 from services.core.timing import DeviceTiming, RuntimeComparison, TimingOptions
-from services.core.wire import quality_options_message, timing_from_proto, timing_options_message
+from services.core.wire import (
+    quality_options_message,
+    stopping_from_proto,
+    timing_from_proto,
+    timing_options_message,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,6 +142,11 @@ class InferenceClient:
                                    deadline_s, probes)
         return timing_from_proto(response.timing)
 
+    def measure_memory(self, model: str, image: np.ndarray) -> tuple[float, bool]:
+        request = inference_pb2.MeasureMemoryRequest(model=model, input=to_tensor(image))
+        response = self._call(lambda: self._stub.MeasureMemory(request, timeout=self._deadline))
+        return response.peak_memory_mb, response.reused
+
     def compare(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
                 measure_memory: bool = False, abort: threading.Event | None = None,
                 deadline_s: float | None = None,
@@ -149,6 +159,7 @@ class InferenceClient:
             speed_ratio=response.speed_ratio,
             ratio_ci95_low=response.speed_ratio_ci95_low,
             ratio_ci95_high=response.speed_ratio_ci95_high,
+            stopping=stopping_from_proto(response.stopping),
         )
 
     def _benchmark(self, model: str, baseline: str, image: np.ndarray, options: TimingOptions,
@@ -421,6 +432,14 @@ class InferencePool:
             client, lambda: client.compare(model, baseline, image, options, measure_memory,
                                            abort, deadline_s, probes),
             model, baseline))
+
+    def measure_memory(self, model: str, image: np.ndarray) -> tuple[float, bool]:
+        """On every endpoint, at once: the timing may run on any of them."""
+        clients = self._pool.all()
+        with ThreadPoolExecutor(len(clients)) as probes:
+            outcomes = list(probes.map(lambda client: self._reloading(
+                client, lambda: client.measure_memory(model, image), model), clients))
+        return max(peak for peak, _ in outcomes), all(reused for _, reused in outcomes)
 
     def release(self, name: str) -> None:
         """Unloads the model from every endpoint holding it (its memory, its Prometheus

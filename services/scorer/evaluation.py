@@ -18,7 +18,13 @@ import numpy as np
 
 from services.core.errors import Cancelled, FailedPrecondition, InvalidArgument
 from services.core.quality import PairQuality, QualityOptions
-from services.core.timing import DeviceTiming, RuntimeComparison, TimingOptions
+from services.core.timing import (
+    DeviceTiming,
+    RuntimeComparison,
+    Stopping,
+    TimingOptions,
+    relative_width,
+)
 from services.core.track import Phase, Track
 from services.scorer.jobs import Job, JobResult, JobSpec
 from services.scorer.pipeline import StageClock
@@ -73,6 +79,10 @@ class InferenceBackend(Protocol):
                 measure_memory: bool = False, abort: threading.Event | None = None,
                 deadline_s: float | None = None,
                 probes: list[np.ndarray] | None = None) -> RuntimeComparison: ...
+
+    # The model's peak memory on `image`, kept by inference for the timing's measure_memory;
+    # returns (MiB, whether it was known from an earlier job).
+    def measure_memory(self, model: str, image: np.ndarray) -> tuple[float, bool]: ...
 
 
 class MetricsBackend(Protocol):
@@ -172,6 +182,7 @@ class Evaluation:
         self.clock = StageClock()
         self.expired = False
         self._started = time.monotonic()
+        self._memory_reused = False  # the model's peak memory known from an earlier job
 
     def remaining_s(self) -> float:
         """What is left of the job's time limit: the deadline of its longest calls."""
@@ -189,7 +200,13 @@ class Evaluation:
         self.metrics.refresh()
         with stage(self.spec.track, "load_model"):
             model = self._load_model()
+        # The memory probe (a fresh process loading the model) runs beside the quality stage,
+        # off the timing's path; the timing then uses its figure.
+        memory = threading.Thread(target=self._probe_memory, args=(model, dataset),
+                                  daemon=True, name=f"memory-{self.job.job_id}"[:40])
+        memory.start()
         self._measure_quality(model, items)
+        memory.join()
         self._progress(len(items), len(items), "timing")
         started = time.perf_counter()
         with stage(self.spec.track, "timing"):
@@ -204,6 +221,16 @@ class Evaluation:
             raise Interrupted()
         if self.cancelled.is_set():
             raise Cancelled(f"job {self.job.job_id} was cancelled")
+
+    def _probe_memory(self, model: str, dataset: Path) -> None:
+        """Best effort: without its figure the timing measures the memory itself (and fails
+        the job on a model over the limit)."""
+        try:
+            _, self._memory_reused = self.inference.measure_memory(
+                model, timing_input(self.spec.track, dataset))
+        except Exception as error:  # noqa: BLE001 - the timing measures it again, and says why
+            log.info(f"memory probe before the timing failed: {error}",
+                     extra={"job_id": self.job.job_id})
 
     def _load_model(self) -> str:
         return load_job_model(self.spec, self.store, self.inference)
@@ -254,13 +281,17 @@ class Evaluation:
                                            abort=self.cancelled, deadline_s=self.remaining_s(),
                                            probes=probes)
         base = self.baselines.cached(track, image, runtime.node)
+        # Independent measurements: the ratio of the two medians' intervals bounds it.
+        low = base.timing.ci95_low_ms / runtime.timing.ci95_high_ms
+        high = base.timing.ci95_high_ms / runtime.timing.ci95_low_ms
         return self._trusted(RuntimeComparison(
             solution=runtime,
             baseline=base,
             speed_ratio=base.timing.median_ms / runtime.timing.median_ms,
-            # Independent measurements: the ratio of the two medians' intervals bounds it.
-            ratio_ci95_low=base.timing.ci95_low_ms / runtime.timing.ci95_high_ms,
-            ratio_ci95_high=base.timing.ci95_high_ms / runtime.timing.ci95_low_ms,
+            ratio_ci95_low=low,
+            ratio_ci95_high=high,
+            stopping=Stopping(protocol=options.protocol, width=relative_width(low, high),
+                              reason="cached baseline"),
         ))
 
     def _trusted(self, comparison: RuntimeComparison) -> RuntimeComparison:
@@ -298,8 +329,15 @@ class Evaluation:
             speed_ratio=comparison.speed_ratio,
             speed_ratio_ci95=(comparison.ratio_ci95_low, comparison.ratio_ci95_high),
             timing_mode=self.settings.timing_mode,
+            timing_stopping=self._stopping(comparison.stopping),
             stage_seconds={name: round(seconds, 6) for name, seconds in stage_seconds.items()},
         )
+
+    def _stopping(self, stopping: Stopping) -> Stopping:
+        if not self._memory_reused:
+            return stopping
+        return replace(stopping, reused=(
+            *stopping.reused, "peak memory (same model bytes and input size on this node)"))
 
     def _progress(self, done: int, total: int, stage: str) -> None:
         self.store.set_progress(self.job.job_id, done, total, stage)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.core.jobs import JobState
-from services.core.timing import DeviceTiming, Timing, TimingCheck, TimingProbe
+from services.core.timing import DeviceTiming, Stopping, Timing, TimingCheck, TimingProbe
 from services.core.track import Phase, Track
 from services.scorer.scoring import ScoreConstants, Scores
 
@@ -71,6 +71,7 @@ class JobResult:
     # Where the evaluation's time went: busy seconds per pipeline stage (summed over its
     # workers) and the wall seconds of the quality and timing stages.
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    timing_stopping: Stopping = Stopping()  # how the timing ran and why it stopped
 
     @property
     def awaiting_mos(self) -> bool:
@@ -91,6 +92,11 @@ class JobResult:
                            for p in d["probes"])
             return TimingCheck(**{**d, "probes": probes})
 
+        def stopping(d: dict[str, Any] | None) -> Stopping:
+            if d is None:  # a result stored before stopping was recorded
+                return Stopping()
+            return Stopping(**{**d, "reused": tuple(d["reused"])})
+
         def timing(d: dict[str, Any]) -> DeviceTiming:
             return DeviceTiming(**{**d, "timing": Timing(**d["timing"]),
                                    "input_shape": tuple(d["input_shape"]),
@@ -101,7 +107,8 @@ class JobResult:
                "baseline_runtime": timing(raw["baseline_runtime"]),
                "scores": Scores(**raw["scores"]),
                "constants": ScoreConstants(**raw["constants"]),
-               "speed_ratio_ci95": tuple(raw.get("speed_ratio_ci95", (0.0, 0.0)))}
+               "speed_ratio_ci95": tuple(raw.get("speed_ratio_ci95", (0.0, 0.0))),
+               "timing_stopping": stopping(raw.get("timing_stopping"))}
         )
 
 

@@ -26,7 +26,7 @@ from services.common.transport import ServerSecurity
 from services.core.channel import ChannelSecurity
 from services.core.errors import InvalidArgument
 from services.core.limits import DEFAULT_MAX_MODEL_BYTES, MIB
-from services.core.timing import TimingOptions
+from services.core.timing import PROTOCOLS, TimingOptions
 from services.core.track import Track
 from services.scorer import telemetry
 from services.scorer.challenge import Challenge, load_challenge
@@ -169,6 +169,20 @@ def main(argv: list[str] | None = None) -> None:
                         default=env("PIRM_TIMING_MIN_SECONDS", defaults.min_seconds, float))
     parser.add_argument("--timing-max-runs", type=int,
                         default=env("PIRM_TIMING_MAX_RUNS", defaults.max_runs, int))
+    parser.add_argument("--timing-protocol", choices=list(PROTOCOLS),
+                        default=env("PIRM_TIMING_PROTOCOL", defaults.protocol),
+                        help="sequential: model and baseline pairs until the speed ratio's 95%% "
+                             "interval is within +/- --timing-ratio-width; fixed: the earlier "
+                             "protocol, --timing-min-runs and --timing-min-seconds on each side "
+                             "(env PIRM_TIMING_PROTOCOL)")
+    parser.add_argument("--timing-ratio-width", type=float,
+                        default=env("PIRM_TIMING_RATIO_WIDTH", defaults.ratio_width, float),
+                        help="relative half-width of the ratio's interval that stops a "
+                             "sequential timing, 0.02 for +/-2%% (env PIRM_TIMING_RATIO_WIDTH)")
+    parser.add_argument("--timing-min-pairs", type=int,
+                        default=env("PIRM_TIMING_MIN_PAIRS", defaults.min_pairs, int),
+                        help="pairs before a sequential timing may stop (env "
+                             "PIRM_TIMING_MIN_PAIRS)")
     parser.add_argument("--timing-mode", choices=["interleaved", "cached"],
                         default=env("PIRM_TIMING_MODE", "interleaved"),
                         help="time model and baseline alternately in every job, or reuse a "
@@ -238,7 +252,9 @@ def main(argv: list[str] | None = None) -> None:
         state_dir=args.state_dir,
         baselines={Track.A: args.baseline_a, Track.B: args.baseline_b},
         timing=TimingOptions(args.timing_warmup_runs, args.timing_min_runs,
-                             args.timing_min_seconds, args.timing_max_runs).validated(),
+                             args.timing_min_seconds, args.timing_max_runs,
+                             args.timing_protocol, args.timing_ratio_width,
+                             args.timing_min_pairs).validated(),
         baseline_max_age_s=args.baseline_max_age_s,
         timing_mode=args.timing_mode,
         timing_check=args.timing_check,

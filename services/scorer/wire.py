@@ -18,6 +18,7 @@ from services.core.wire import (
     PHASE_MESSAGES,
     STATES,
     TRACK_MESSAGES,
+    stopping_to_proto,
     timing_to_proto,
 )
 from services.scorer.challenge import Challenge, PhaseRule
@@ -105,6 +106,7 @@ def job_message(job: Job, view: JobView = JobView()) -> scorer_pb2.Job:
             speed_ratio_ci95_high=r.speed_ratio_ci95[1],
             timing_mode=r.timing_mode,
             stage_seconds=r.stage_seconds,
+            timing_stopping=stopping_to_proto(r.timing_stopping),
         ))
     return message
 

@@ -124,18 +124,48 @@ def test_peak_memory_is_measured(server: tuple[RunningServer, Stub]) -> None:
     _, stub = server
     stub.LoadModel(inference_pb2.LoadModelRequest(name="tiler", graph_def=_tiling(16)),
                    timeout=60)
-    image = np.zeros((1, 256, 256, 3), np.float32)
-    tiled_mb = 256 * 16 * 256 * 16 * 3 * 4 / MIB  # the tensor the model must hold: 192 MiB
     # The server (this test's process) once held far more than the model: a probe spawned
     # after that must still report the model's own peak (ru_maxrss would inherit this one).
     server_peak = np.ones(1280 * MIB, np.uint8)
     del server_peak
-    for _ in range(2):  # the first probe's spare existed before; the second's is spawned after
+    # The first probe's spare existed before; the second's is spawned after. Two sizes: a
+    # figure is kept per model bytes and input size (the second would reuse the first's).
+    for width in (256, 248):
+        image = np.zeros((1, 256, width, 3), np.float32)
+        tiled_mb = 256 * 16 * width * 16 * 3 * 4 / MIB  # the tensor the model must hold
         timing = stub.Benchmark(inference_pb2.BenchmarkRequest(
             model="tiler", input=to_tensor(image), measure_memory=True,
             options=inference_pb2.TimingOptions(warmup_runs=1, min_runs=1, min_seconds=0.0,
                                                 max_runs=1)), timeout=300).timing
         assert tiled_mb <= timing.peak_memory_mb < 4 * tiled_mb
+
+
+def test_memory_is_probed_once_per_model_bytes_and_input_size(
+        server: tuple[RunningServer, Stub]) -> None:
+    """MeasureMemory (the scorer calls it beside the quality stage) keeps its figure: the same
+    bytes under another name (a resubmission) and the timing's measure_memory reuse it; another
+    input size is probed anew."""
+    _, stub = server
+    for name in ("first", "resubmitted"):
+        stub.LoadModel(inference_pb2.LoadModelRequest(name=name, graph_def=_tiling(8)),
+                       timeout=60)
+    image = np.zeros((1, 128, 128, 3), np.float32)
+    tiled_mb = 128 * 8 * 128 * 8 * 3 * 4 / MIB
+
+    def probe(name: str, size: int = 128) -> inference_pb2.MeasureMemoryResponse:
+        return stub.MeasureMemory(inference_pb2.MeasureMemoryRequest(
+            model=name, input=to_tensor(np.zeros((1, size, 128, 3), np.float32))), timeout=300)
+
+    first = probe("first")
+    assert not first.reused and tiled_mb <= first.peak_memory_mb < 4 * tiled_mb + 64
+    again = probe("resubmitted")
+    assert again.reused and again.peak_memory_mb == first.peak_memory_mb
+    timing = stub.Benchmark(inference_pb2.BenchmarkRequest(
+        model="resubmitted", input=to_tensor(image), measure_memory=True,
+        options=inference_pb2.TimingOptions(warmup_runs=0, min_runs=1, min_seconds=0.0,
+                                            max_runs=1)), timeout=300).timing
+    assert timing.peak_memory_mb == first.peak_memory_mb
+    assert not probe("first", 120).reused
 
 
 @pytest.mark.parametrize("server", [100], indirect=True)

@@ -200,22 +200,83 @@ def test_interleaved_comparison_gives_the_speed_ratio(inference_stub: Stub) -> N
     """A model doing 16x the work of the baseline is slower; the ratio is baseline/model."""
     _load(inference_stub, "light", graph_bytes(_identity_like))
 
-    def heavy(tf: object, x: object) -> None:
-        big = tf.tile(x, [1, 4, 4, 1])  # type: ignore[attr-defined]
-        tf.identity(x + tf.reduce_mean(tf.sqrt(big + 1.0)) * 0.0,  # type: ignore[attr-defined]
-                    name="output")
-
-    _load(inference_stub, "heavy", graph_bytes(heavy))
+    _load(inference_stub, "heavy", graph_bytes(_heavy))
     image = np.random.default_rng(0).random((1, 256, 256, 3), dtype=np.float32)
     response = inference_stub.Benchmark(inference_pb2.BenchmarkRequest(
         model="heavy", baseline_model="light", input=to_tensor(image),
-        options=inference_pb2.TimingOptions(warmup_runs=2, min_runs=15, min_seconds=0.1)),
+        options=inference_pb2.TimingOptions(warmup_runs=2, min_runs=15, min_seconds=0.1,
+                                            protocol=inference_pb2.TIMING_PROTOCOL_FIXED)),
         timeout=120)
     assert response.timing.runs == response.baseline_timing.runs >= 15
+    assert (response.stopping.protocol, response.stopping.reason) == ("fixed", "fixed")
     ratio = response.baseline_timing.median_ms / response.timing.median_ms
     assert response.speed_ratio == pytest.approx(ratio)
     assert response.speed_ratio_ci95_low <= response.speed_ratio <= response.speed_ratio_ci95_high
     assert response.speed_ratio < 1.0  # the heavy model is the slower one
+
+
+def _heavy(tf: object, x: object) -> None:
+    """About 16x the work of _identity_like (a tiled copy of its input, reduced)."""
+    big = tf.tile(x, [1, 4, 4, 1])  # type: ignore[attr-defined]
+    tf.identity(x + tf.reduce_mean(tf.sqrt(big + 1.0)) * 0.0,  # type: ignore[attr-defined]
+                name="output")
+
+
+def test_sequential_comparison_pairs_blocks_of_the_faster_side(inference_stub: Stub) -> None:
+    """The default protocol: a model much faster than the baseline runs in blocks against one
+    baseline run; the stopping figures say how many pairs and why it stopped; the interval
+    holds the ratio."""
+    _load(inference_stub, "seq-light", graph_bytes(_identity_like))
+    _load(inference_stub, "seq-heavy", graph_bytes(_heavy))
+    image = np.random.default_rng(1).random((1, 512, 512, 3), dtype=np.float32)
+    response = inference_stub.Benchmark(inference_pb2.BenchmarkRequest(
+        model="seq-light", baseline_model="seq-heavy", input=to_tensor(image),
+        options=inference_pb2.TimingOptions(warmup_runs=2, max_runs=30, ratio_width=0.05)),
+        timeout=300)
+    stopping = response.stopping
+    assert stopping.protocol == "sequential" and stopping.reason in ("width", "max_pairs")
+    assert 6 <= stopping.pairs <= 30
+    assert stopping.baseline_block == 1 and stopping.solution_block > 1  # light is faster
+    assert response.baseline_timing.runs == stopping.pairs
+    # Blocks sized from the latest warm-up runs: the block's size is fixed after them.
+    assert response.timing.runs == stopping.pairs * stopping.solution_block
+    low, high = response.speed_ratio_ci95_low, response.speed_ratio_ci95_high
+    assert low <= response.speed_ratio <= high and response.speed_ratio > 1.0
+    assert stopping.width == pytest.approx((high - low) / (high + low))
+    if stopping.reason == "width":
+        assert stopping.width <= 0.05
+
+
+def test_an_explicit_zero_in_timing_options_means_zero(inference_stub: Stub) -> None:
+    """Each option given as 0 is 0 (before: read as unset, so the default); unset keeps the
+    default."""
+    _load(inference_stub, "zero-light", graph_bytes(_identity_like))
+    _load(inference_stub, "zero-heavy", graph_bytes(_heavy))
+    image = np.zeros((1, 64, 64, 3), np.float32)
+    fixed = inference_pb2.TIMING_PROTOCOL_FIXED
+    alone = inference_stub.Benchmark(inference_pb2.BenchmarkRequest(
+        model="zero-light", input=to_tensor(image), options=inference_pb2.TimingOptions(
+            warmup_runs=0, min_runs=1, min_seconds=0.0, max_runs=1, protocol=fixed)),
+        timeout=120).timing
+    assert (alone.warmup_runs, alone.runs) == (0, 1)  # the defaults: >= 3 and >= 10
+    defaults = inference_stub.Benchmark(inference_pb2.BenchmarkRequest(
+        model="zero-light", input=to_tensor(image),
+        options=inference_pb2.TimingOptions(min_seconds=0.0, protocol=fixed)),
+        timeout=120).timing
+    assert defaults.warmup_runs >= 3 and defaults.runs == 10
+    # A width of 0 is never reached: the comparison runs max_runs pairs, without warm-up.
+    compared = inference_stub.Benchmark(inference_pb2.BenchmarkRequest(
+        model="zero-light", baseline_model="zero-heavy", input=to_tensor(image),
+        options=inference_pb2.TimingOptions(warmup_runs=0, ratio_width=0.0, max_runs=7)),
+        timeout=120)
+    assert (compared.stopping.pairs, compared.stopping.reason) == (7, "max_pairs")
+    assert compared.timing.warmup_runs == compared.baseline_timing.warmup_runs == 0
+    with pytest.raises(grpc.RpcError) as caught:
+        inference_stub.Benchmark(inference_pb2.BenchmarkRequest(
+            model="zero-light", baseline_model="zero-heavy", input=to_tensor(image),
+            options=inference_pb2.TimingOptions(min_pairs=0)), timeout=60)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "min_pairs" in (caught.value.details() or "")
 
 
 def test_hostile_ops_are_refused_before_import(cluster: Cluster, inference_stub: Stub,

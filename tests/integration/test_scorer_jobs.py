@@ -19,7 +19,7 @@ from services.common.cluster import free_port, is_serving
 from services.common.server import RunningServer
 from services.core.channel import open_channel
 from services.core.tensors import to_tensor
-from services.core.timing import TimingOptions
+from services.core.timing import FIXED, TimingOptions
 from services.core.track import Track
 from services.inference.server import create_server as create_inference
 from services.metrics.server import create_server as create_metrics
@@ -97,7 +97,8 @@ def test_cancel_during_timing_frees_the_device(cluster: Cluster, patches: Path,
     config = ScorerConfig(
         inference=cluster.target(cluster.inference), metrics=cluster.target(cluster.metrics),
         store=state / "scorer.db", state_dir=state,
-        timing=TimingOptions(warmup_runs=1, min_runs=2, min_seconds=600.0, max_runs=100_000),
+        timing=TimingOptions(warmup_runs=1, min_runs=2, min_seconds=600.0, max_runs=100_000,
+                             protocol=FIXED),
     )
     scorer = create_scorer("127.0.0.1:0", config)
     try:
@@ -250,6 +251,19 @@ def test_several_endpoints_share_a_job(pooled: Pooled, patches: Path) -> None:
     assert sum(counts) >= job.result.images
     assert set(job.result.stage_seconds) >= {"prepare", "inference", "metrics", "store",
                                              "quality_wall", "timing_wall"}
+    # TEST_TIMING: at most 3 pairs, fewer than a 95% interval of the ratio needs.
+    stopping = job.result.timing_stopping
+    assert (stopping.protocol, stopping.pairs, stopping.reason) == ("sequential", 3, "max_pairs")
+    assert job.result.runtime.peak_memory_mb > 0
+    assert not any("peak memory" in reused for reused in stopping.reused)
+    # The same bytes again: the memory probe, run beside the quality stage on each endpoint,
+    # is not repeated, and the result says so.
+    again = wait_job(pooled.stub, submit(pooled.stub, patches, model, team="pool").job_id)
+    assert again.state == scorer_pb2.JOB_STATE_SUCCEEDED, again.error
+    # Each endpoint keeps its own figure (its node's), and the timing may run on either.
+    assert again.result.runtime.peak_memory_mb == pytest.approx(
+        job.result.runtime.peak_memory_mb, rel=0.05)
+    assert any("peak memory" in reused for reused in again.result.timing_stopping.reused)
 
 
 def test_admission_limit_per_team_with_retry_hint(pooled: Pooled, patches: Path) -> None:

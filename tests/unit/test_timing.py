@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import binom
 
 from services.core.errors import InvalidArgument
-from services.core.timing import TimingOptions
+from services.core.timing import FIXED, TimingOptions
 from services.inference.timing import measure, median_ci95, summarize
 
 # --------------------------------------------------------------------------------------------
@@ -258,7 +258,11 @@ def test_boundary_options_are_valid(options: TimingOptions) -> None:
         TimingOptions(min_runs=0),
         TimingOptions(min_runs=-3),
         TimingOptions(min_seconds=-0.5),
-        TimingOptions(min_runs=10, max_runs=9),
+        TimingOptions(min_runs=10, max_runs=9, protocol=FIXED),
+        TimingOptions(protocol="adaptive"),
+        TimingOptions(ratio_width=-0.01),
+        TimingOptions(ratio_width=math.nan),
+        TimingOptions(min_pairs=0),
         TimingOptions(min_runs=1, max_runs=0),
     ],
 )
