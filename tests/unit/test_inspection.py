@@ -18,7 +18,7 @@ from PIL import Image
 
 from services.cli.commands.inspect import inspection_report, report_text
 from services.core.errors import InvalidArgument
-from services.core.timing import TimingOptions
+from services.core.timing import FIXED, TimingOptions
 from services.core.track import Track
 from services.inference.graphs import ALLOWED_OPS, parse_graph
 from services.inference.inspection import inspect_graph
@@ -256,7 +256,7 @@ def test_op_litert_cannot_convert_is_named() -> None:
 
 
 def test_litert_runs_srcnn_like_tensorflow() -> None:
-    options = TimingOptions(warmup_runs=1, min_runs=5, min_seconds=0.0, max_runs=5)
+    options = TimingOptions(warmup_runs=1, min_runs=5, min_seconds=0.0, max_runs=5, protocol=FIXED)
     estimate = estimate_mobile(srcnn_bytes(), (1, 24, 32, 3), threads=1, options=options)
     assert estimate.litert_bytes > 0 and estimate.unsupported_ops == ()
     assert estimate.litert is not None and estimate.tensorflow is not None
