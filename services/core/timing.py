@@ -16,6 +16,7 @@ PROTOCOLS = (SEQUENTIAL, FIXED)
 # Why a comparison stopped.
 STOP_WIDTH = "width"  # sequential: the ratio's interval became narrow enough
 STOP_MAX_PAIRS = "max_pairs"  # sequential: max_runs pairs, the interval still wider
+STOP_BUDGET = "max_seconds"  # sequential: max_seconds of timed runs, the interval still wider
 STOP_FIXED = "fixed"  # fixed: each side had min_runs and min_seconds of runs (or max_runs)
 
 
@@ -36,6 +37,10 @@ class TimingOptions:
     ratio_width: float = 0.02
     # The sequential interval (a sign-test interval at 97.5%) needs 7 pairs.
     min_pairs: int = 7
+    # Sequential: seconds of timed runs (both sides) after which the pairs stop, however wide
+    # the interval still is (a loaded machine would otherwise run to max_runs pairs: over an
+    # hour for a model as slow as SRCNN); 0: no budget.
+    max_seconds: float = 120.0
 
     def validated(self) -> TimingOptions:
         if not (self.warmup_runs >= 0 and self.min_runs >= 1
@@ -53,6 +58,10 @@ class TimingOptions:
                 "timing needs a finite ratio_width >= 0 (0: stop at max_runs pairs) and "
                 f"min_pairs >= 1; got ratio_width {self.ratio_width}, min_pairs "
                 f"{self.min_pairs}")
+        if not (math.isfinite(self.max_seconds) and self.max_seconds >= 0):
+            raise InvalidArgument(
+                f"timing max_seconds must be finite and >= 0 (0: no budget); got "
+                f"{self.max_seconds}")
         if self.max_runs < 1:
             raise InvalidArgument(f"timing max_runs must be at least 1; got {self.max_runs}")
         if self.protocol == FIXED and self.max_runs < self.min_runs:

@@ -123,6 +123,7 @@ def timing_options(message: inference_pb2.TimingOptions) -> TimingOptions:
         protocol=_PROTOCOLS[m.protocol],
         ratio_width=m.ratio_width if m.HasField("ratio_width") else d.ratio_width,
         min_pairs=m.min_pairs if m.HasField("min_pairs") else d.min_pairs,
+        max_seconds=m.max_seconds if m.HasField("max_seconds") else d.max_seconds,
     )
 
 
@@ -131,7 +132,7 @@ def timing_options_message(options: TimingOptions) -> inference_pb2.TimingOption
         warmup_runs=options.warmup_runs, min_runs=options.min_runs,
         min_seconds=options.min_seconds, max_runs=options.max_runs,
         protocol=_PROTOCOL_MESSAGES[options.protocol], ratio_width=options.ratio_width,
-        min_pairs=options.min_pairs)
+        min_pairs=options.min_pairs, max_seconds=options.max_seconds)
 
 
 def stopping_to_proto(stopping: Stopping) -> common_pb2.TimingStopping:

@@ -26,6 +26,7 @@ from scipy.stats import binom
 from services.core.errors import InvalidArgument
 from services.core.timing import (
     FIXED,
+    STOP_BUDGET,
     STOP_FIXED,
     STOP_MAX_PAIRS,
     STOP_WIDTH,
@@ -126,6 +127,9 @@ def measure_interleaved(
         low, high = min(low, ratio), max(high, ratio)
         if len(logs) >= options.min_pairs and relative_width(low, high) <= options.ratio_width:
             reason = STOP_WIDTH
+            break
+        if options.max_seconds and (sum(a) + sum(b)) / 1e9 >= options.max_seconds:
+            reason = STOP_BUDGET
             break
     size_a, size_b = blocks or (1, 1)
     return Comparison(

@@ -183,6 +183,11 @@ def main(argv: list[str] | None = None) -> None:
                         default=env("PIRM_TIMING_MIN_PAIRS", defaults.min_pairs, int),
                         help="pairs before a sequential timing may stop (env "
                              "PIRM_TIMING_MIN_PAIRS)")
+    parser.add_argument("--timing-max-seconds", type=float,
+                        default=env("PIRM_TIMING_MAX_SECONDS", defaults.max_seconds, float),
+                        help="seconds of timed runs after which a sequential timing stops, "
+                             "the interval as wide as it got; 0: no budget (env "
+                             "PIRM_TIMING_MAX_SECONDS)")
     parser.add_argument("--timing-mode", choices=["interleaved", "cached"],
                         default=env("PIRM_TIMING_MODE", "interleaved"),
                         help="time model and baseline alternately in every job, or reuse a "
@@ -254,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         timing=TimingOptions(args.timing_warmup_runs, args.timing_min_runs,
                              args.timing_min_seconds, args.timing_max_runs,
                              args.timing_protocol, args.timing_ratio_width,
-                             args.timing_min_pairs).validated(),
+                             args.timing_min_pairs, args.timing_max_seconds).validated(),
         baseline_max_age_s=args.baseline_max_age_s,
         timing_mode=args.timing_mode,
         timing_check=args.timing_check,

@@ -20,6 +20,7 @@ import pytest
 
 from services.core.timing import (
     FIXED,
+    STOP_BUDGET,
     STOP_FIXED,
     STOP_MAX_PAIRS,
     STOP_WIDTH,
@@ -101,8 +102,9 @@ def test_the_ratio_interval_covers_the_true_ratio(case: str) -> None:
     true = baseline_s / model_s
     covered, widths, reasons = 0, [], []
     for seed in range(400):
+        # No time budget: the interval's honesty under stopping on its width alone.
         result, _ = simulate(seed, model_s, model_noise, baseline_s, baseline_noise,
-                             TimingOptions())
+                             TimingOptions(max_seconds=0.0))
         covered += result.ratio_ci95_low <= true <= result.ratio_ci95_high
         widths.append(result.stopping.width)
         reasons.append(result.stopping.reason)
@@ -121,7 +123,7 @@ def test_the_coverage_check_fails_a_95_percent_interval_per_look(
     monkeypatch.setattr(timing, "SEQUENTIAL_TAIL", 0.025)
     covered = 0
     for seed in range(400):
-        result, _ = simulate(seed, 2.7, 0.02, 2.7, 0.02, TimingOptions())
+        result, _ = simulate(seed, 2.7, 0.02, 2.7, 0.02, TimingOptions(max_seconds=0.0))
         covered += result.ratio_ci95_low <= 1.0 <= result.ratio_ci95_high
     assert covered / 400 < 0.93, covered
 
@@ -179,6 +181,24 @@ def test_stopping_rules() -> None:
     result, _ = simulate(6, 1.0, 0.02, 1.0, 0.02, fixed)
     assert result.solution.runs == result.baseline.runs == result.stopping.pairs == 4
     assert result.stopping.reason == STOP_FIXED
+
+
+def test_a_time_budget_bounds_a_timing_that_never_narrows() -> None:
+    # SRCNN-like runs on a noisy machine and a width never met: the pairs stop once the timed
+    # runs reach max_seconds, at most one pair later, and say so; the interval is as wide as
+    # it got, still around the ratio.
+    options = TimingOptions(ratio_width=0.0, max_seconds=60.0)
+    result, _ = simulate(8, 2.7, 0.2, 2.7, 0.2, options)
+    timed_s = (result.solution.mean_ms * result.solution.runs
+               + result.baseline.mean_ms * result.baseline.runs) / 1e3
+    assert result.stopping.reason == STOP_BUDGET
+    assert 60.0 <= timed_s < 60.0 + 2 * 2.7 * 3  # one pair more at most (noise: 3x a run)
+    assert result.ratio_ci95_low <= result.speed_ratio <= result.ratio_ci95_high
+    assert result.stopping.pairs < options.max_runs
+    # 0: no budget; max_runs pairs bound it.
+    result, _ = simulate(8, 0.5, 0.2, 0.5, 0.2, TimingOptions(ratio_width=0.0, max_runs=30,
+                                                             max_seconds=0.0))
+    assert (result.stopping.pairs, result.stopping.reason) == (30, STOP_MAX_PAIRS)
 
 
 def test_paired_interval_is_the_sign_test_interval() -> None:
