@@ -10,14 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
-from tests.conftest import REPO
+from tests.conftest import DATA, require_data
 from tests.integration.test_cli import PIRM
 
-MODELS = REPO.parent / "shared" / "pirm2018" / "models_pretrained"
-needs_checkpoints = pytest.mark.skipif(not (MODELS / "div2k_resnet_6_16.index").is_file(),
-                                       reason="the challenge's checkpoints are not here")
+MODELS = DATA / "models_pretrained"
 # name -> residual blocks of the DPED generator (its conv layers: 2 per block + 4).
 RESNETS = {"div2k_resnet_6_16": 1, "dped_resnet_8_32": 2}
 
@@ -66,9 +63,10 @@ def run_frozen(path: Path, image: np.ndarray) -> Any:
         return session.run("output:0", {"input:0": image[None].astype(np.float32)})[0]
 
 
-@needs_checkpoints
 def test_freeze_writes_checked_graphs_equal_to_the_checkpoints_network(tmp_path: Path) -> None:
     import tensorflow as tf
+
+    require_data("models_pretrained", "div2k_resnet_6_16.index")
 
     done = subprocess.run([PIRM, "freeze", "--models", str(MODELS), "--out", str(tmp_path),
                            "--only", *RESNETS, "--json"],
