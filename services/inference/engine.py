@@ -393,9 +393,8 @@ class Engine:
     @contextlib.contextmanager
     def _alone_on(self, device: str) -> Iterator[None]:
         """What every measurement holds: the device exclusively, and no TensorFlow import (the
-        spare's) running beside it."""
-        with self._device_locks[device].exclusive():
-            self._spare.wait_ready()
+        spare's) running beside it: a spare still importing is stopped meanwhile."""
+        with self._device_locks[device].exclusive(), self._spare.paused():
             yield
 
     def worker_restarts(self) -> int:

@@ -8,6 +8,7 @@ gRPC server exists, unlike fork.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -16,7 +17,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -29,6 +30,7 @@ from services.inference.exchange import ServerTensors, WorkerTensors
 log = logging.getLogger(__name__)
 _CONTEXT = multiprocessing.get_context("spawn")
 _POLL_S = 0.2
+SPARE_START_S = 300.0  # a spare that takes longer to import TensorFlow is given up
 
 
 class WorkerCrashed(errors.InvalidArgument):
@@ -396,8 +398,8 @@ def _wait_for_call(conn: Connection) -> None:
 class SpareProcess:
     """One spawned process that has already imported TensorFlow and waits for a single call:
     a fresh process for each memory probe without its 3-5 s import in the job. The next spare
-    is started after each call; timings wait for it (`wait_ready`) so that its import never
-    runs beside a measurement."""
+    is started after each call; while a measurement runs, a spare still importing is stopped
+    (`paused`): its import never runs beside a timing, and no timing waits for it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -405,6 +407,7 @@ class SpareProcess:
         self._warming: threading.Thread | None = None
         self._starting: multiprocessing.process.BaseProcess | None = None
         self._closed = False
+        self._pauses = 0  # measurements running (one per device at most)
 
     def prepare(self) -> None:
         with self._lock:
@@ -421,9 +424,11 @@ class SpareProcess:
         with self._lock:
             process.start()
             self._starting = process
+            if self._pauses:
+                _signal(process, signal.SIGSTOP)
         child.close()
         try:
-            ready = parent.poll(300) and parent.recv() == "ready"
+            ready = self._ready(parent) and parent.recv() == "ready"
         except EOFError:
             ready = False
         with self._lock:
@@ -436,6 +441,33 @@ class SpareProcess:
                 log.warning("a spare TensorFlow process did not start; probes spawn their own")
             process.kill()
             process.join(5)
+
+    def _ready(self, parent: Connection) -> bool:
+        """Whether the process said it is ready within SPARE_START_S of running time (the
+        time it spent stopped does not count)."""
+        running_s = 0.0
+        while running_s < SPARE_START_S:
+            if parent.poll(_POLL_S):
+                return True
+            with self._lock:
+                running_s += 0.0 if self._pauses else _POLL_S
+        return False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """While the block runs (a measurement), a spare still importing TensorFlow is
+        stopped, and continued after: SIGSTOP, so it takes no CPU beside the timing."""
+        with self._lock:
+            self._pauses += 1
+            if self._pauses == 1 and self._starting is not None:
+                _signal(self._starting, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pauses -= 1
+                if self._pauses == 0 and self._starting is not None:
+                    _signal(self._starting, signal.SIGCONT)
 
     def wait_ready(self) -> None:
         with self._lock:
@@ -457,10 +489,16 @@ class SpareProcess:
             self._closed = True
             spare, self._spare = self._spare, None
             if self._starting is not None:
-                self._starting.kill()
+                self._starting.kill()  # stopped or not, SIGKILL ends it
         if spare is not None:
             spare[0].kill()
             spare[0].join(5)
+
+
+def _signal(process: multiprocessing.process.BaseProcess, signum: int) -> None:
+    if process.pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signum)
 
 
 def _start(function: Callable[..., Any], args: tuple[Any, ...], name: str, quiet: bool,

@@ -21,6 +21,7 @@ from services.core.tensors import from_tensor, to_tensor
 from services.inference import telemetry
 from services.inference.engine import EngineSettings
 from services.inference.server import create_server
+from services.inference.worker import SpareProcess
 from tests.integration.helpers import graph_bytes, is_serving
 
 Stub = inference_pb2_grpc.InferenceServiceStub
@@ -87,8 +88,8 @@ def test_crash_in_worker_fails_the_request_and_the_service_recovers(
         except grpc.RpcError as error:
             outcome["error"] = error
 
-    # A timing first waits for the memory probes' spare process to be ready (started with the
-    # server); a quick one now, so that the long one below starts timing at once.
+    # A quick timing first (the model's load and warm-up in the worker), so that the long one
+    # below starts timing at once.
     quick = inference_pb2.TimingOptions(warmup_runs=1, min_runs=2, max_runs=3)
     stub.Benchmark(inference_pb2.BenchmarkRequest(model="m", input=to_tensor(image),
                                                   options=quick), timeout=120)
@@ -184,3 +185,39 @@ def test_model_over_the_memory_limit_fails_clearly(server: tuple[RunningServer, 
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "memory limit" in error.value.details()
     assert is_serving(open_channel(f"127.0.0.1:{running.port}", 64))
+
+
+def _cpu_ticks_and_state(pid: int) -> tuple[int, str]:
+    """(user + system clock ticks, state letter) of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12]), fields[0]
+
+
+def test_a_spare_importing_tensorflow_is_stopped_while_a_measurement_runs() -> None:
+    """The memory probes' spare process imports TensorFlow (seconds of CPU): a timing neither
+    runs beside that import nor waits for it. While `paused` is held the import is stopped
+    (state T, no CPU time gained); afterwards it goes on and the spare becomes ready."""
+    spare = SpareProcess()
+    try:
+        spare.prepare()
+        deadline = time.monotonic() + 30
+        while spare._starting is None or spare._starting.pid is None:  # noqa: SLF001
+            assert time.monotonic() < deadline, "the spare process did not start"
+            time.sleep(0.01)
+        pid = spare._starting.pid  # noqa: SLF001
+        entered = time.monotonic()
+        with spare.paused():
+            assert time.monotonic() - entered < 1.0  # no wait for the import
+            time.sleep(0.5)
+            before, state = _cpu_ticks_and_state(pid)
+            time.sleep(2.0)
+            after, state_after = _cpu_ticks_and_state(pid)
+        assert state == state_after == "T", (state, state_after)
+        assert after == before
+        spare.wait_ready()
+        taken = spare.take()
+        assert taken is not None and taken[0].pid == pid and taken[0].is_alive()
+        taken[0].kill()
+        taken[0].join(5)
+    finally:
+        spare.close()
