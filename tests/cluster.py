@@ -15,13 +15,24 @@ from services.common.cluster import SERVICES, LocalCluster, free_port
 from services.common.server import RunningServer
 from services.core.channel import open_channel
 from services.core.timing import TimingOptions
+from services.core.track import Track
 from services.inference.server import create_server as create_inference
 from services.metrics.server import create_server as create_metrics
+from services.scorer.samples import make_sample_dataset
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 
 # Enough to exercise the timing path without spending minutes on it.
 TEST_TIMING = TimingOptions(warmup_runs=1, min_runs=2, min_seconds=0.0, max_runs=3)
+# The timing images of the tests' generated datasets: a quarter of HD each way, so that every
+# timing (model, baseline, probes) costs a sixteenth. Tests of the HD size itself keep the
+# challenge's (tests/security/test_clock_gaming.py, the real-data tests).
+TEST_HD = (320, 180)
+
+
+def sample_dataset(root: Path, track: Track, patches_per_photo: int = 10) -> Path:
+    """make_sample_dataset with TEST_HD timing images."""
+    return make_sample_dataset(root, track, patches_per_photo, hd_size=TEST_HD)
 
 
 @dataclass

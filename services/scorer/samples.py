@@ -85,19 +85,22 @@ def _photos() -> list[np.ndarray]:
     return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
 
 
-def _hd(photo: np.ndarray) -> Image.Image:
-    return Image.fromarray(photo).resize(HD_SIZE, Image.Resampling.BICUBIC)
+def _hd(photo: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    return Image.fromarray(photo).resize(size, Image.Resampling.BICUBIC)
 
 
-def make_sample_dataset(root: Path, track: Track, patches_per_photo: int = 10) -> Path:
-    """Writes a small dataset in the challenge layout under root/<div2k|dped>; returns it."""
+def make_sample_dataset(root: Path, track: Track, patches_per_photo: int = 10,
+                        hd_size: tuple[int, int] = HD_SIZE) -> Path:
+    """Writes a small dataset in the challenge layout under root/<div2k|dped>; returns it.
+    `hd_size` (width, height): the timing images' size; the challenge's is HD, a smaller one
+    makes every timing cheaper where the size is not what is tested."""
     folder = root / DATASET_FOLDERS[track]
     if (folder / ".complete").exists():
         return folder
     photos = _photos()
     (folder / "HD_res").mkdir(parents=True, exist_ok=True)
     for index, photo in enumerate(photos[:2]):
-        _hd(photo).save(folder / "HD_res" / f"{index}.png")
+        _hd(photo, hd_size).save(folder / "HD_res" / f"{index}.png")
     if track is Track.A:
         (folder / "original").mkdir(parents=True, exist_ok=True)
         for index, photo in enumerate(photos):

@@ -36,8 +36,7 @@ from services.core.quality import QualityOptions
 from services.core.track import Track
 from services.metrics.server import create_server as create_metrics
 from services.scorer.clients import DOWN_FOR_S, MetricsPool
-from services.scorer.samples import make_sample_dataset
-from tests.cluster import TEST_TIMING
+from tests.cluster import TEST_TIMING, sample_dataset
 from tests.integration.helpers import graph_bytes, scrape, total, wait_for
 from tests.official import track_b_figures
 
@@ -198,7 +197,7 @@ def test_a_host_cut_off_and_another_killed_mid_job(lab: Lab, tmp_path: Path) -> 
     on them: every image's figures are the model's true ones and stored once, the scorer counts
     each image once and the job once, the timing ran on b, and the scorer's log says it stopped
     using a and d, and why."""
-    dataset = make_sample_dataset(tmp_path, Track.B, patches_per_photo=30)
+    dataset = sample_dataset(tmp_path, Track.B, patches_per_photo=30)
     names = sorted(p.name for p in (dataset / "patches" / "iphone").iterdir())
     model = tmp_path / "model.pb"
     model.write_bytes(graph_bytes(small_convolutions))

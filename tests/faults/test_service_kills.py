@@ -28,10 +28,9 @@ from services.common.cluster import free_port, wait_serving
 from services.core.channel import open_channel
 from services.core.tensors import from_tensor, to_tensor
 from services.core.track import Track
-from services.scorer.samples import make_sample_dataset
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
-from tests.cluster import TEST_TIMING, Cluster, supervised_cluster
+from tests.cluster import TEST_TIMING, Cluster, sample_dataset, supervised_cluster
 from tests.integration.helpers import is_serving, scrape, slow_graph, total, wait_for
 from tests.official import run_graph
 from tests.reference import psnr_ref
@@ -45,7 +44,7 @@ def test_killed_inference_and_metrics_are_waited_for_and_the_job_completes(
     cluster = supervised_cluster(tmp_path)
     cluster.start()
     try:
-        dataset = make_sample_dataset(tmp_path, Track.B, patches_per_photo=3)
+        dataset = sample_dataset(tmp_path, Track.B, patches_per_photo=3)
         names = sorted(p.name for p in (dataset / "patches" / "iphone").iterdir())
         model = slow_graph()
         with ScorerClient(cluster.target("scorer"), token=cluster.token()) as client:
@@ -89,7 +88,7 @@ def test_job_past_its_time_limit_is_stopped_and_failed(cluster: Cluster, tmp_pat
         store=tmp_path / "scorer.db", state_dir=tmp_path, timing=TEST_TIMING,
         job_timeout_s=2.0))
     try:
-        dataset = make_sample_dataset(tmp_path, Track.B, patches_per_photo=10)
+        dataset = sample_dataset(tmp_path, Track.B, patches_per_photo=10)
         with ScorerClient(f"127.0.0.1:{scorer.port}") as client:
             job = client.submit(Track.B, slow_graph(), dataset, team="slow")
             final = client.wait(job.job_id, timeout_s=WAIT_S)

@@ -14,11 +14,10 @@ from pirm.v1 import scorer_pb2
 from services.client import ScorerClient
 from services.core.quality import PairQuality
 from services.core.track import Track
-from services.scorer.samples import make_sample_dataset
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from services.scorer.store import JobStore
-from tests.cluster import TEST_TIMING, Cluster
+from tests.cluster import TEST_TIMING, Cluster, sample_dataset
 from tests.integration.helpers import graph_bytes
 
 SILENCE_S = 4.0
@@ -30,7 +29,7 @@ def identity(tf: object, x: object) -> None:
 
 def test_a_sharded_job_no_shard_reports_to_fails_with_the_reason(cluster: Cluster,
                                                                   tmp_path: Path) -> None:
-    dataset = make_sample_dataset(tmp_path, Track.B, patches_per_photo=1)
+    dataset = sample_dataset(tmp_path, Track.B, patches_per_photo=1)
     config = replace(ScorerConfig(
         inference=cluster.target(cluster.inference), metrics=cluster.target(cluster.metrics),
         store=tmp_path / "scorer.db", state_dir=tmp_path, timing=TEST_TIMING),

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from services.core.track import Track
-from services.scorer.samples import make_sample_dataset
-from tests.cluster import TEST_TIMING, Cluster, start_scorer
+from tests.cluster import TEST_TIMING, Cluster, sample_dataset, start_scorer
 from tests.conftest import REPO
 from tests.integration.helpers import graph_bytes
 
@@ -50,7 +49,7 @@ def readme_example() -> str:
 @pytest.fixture(scope="session")
 def finished_job(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> FinishedJob:
     folder = tmp_path_factory.mktemp("readme")
-    dataset = make_sample_dataset(folder / "pirm2018", Track.B, patches_per_photo=2)
+    dataset = sample_dataset(folder / "pirm2018", Track.B, patches_per_photo=2)
     model = folder / "my_model.pb"
     model.write_bytes(graph_bytes(brighten))
     namespace: dict[str, Any] = {}

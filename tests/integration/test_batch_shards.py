@@ -17,7 +17,8 @@ from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
 from services.batch.shard import ShardSpec, run_shard
 from services.core.track import Track
-from services.scorer.samples import make_sample_dataset, srcnn_graph_def
+from services.scorer.samples import srcnn_graph_def
+from tests.cluster import sample_dataset
 from tests.integration.conftest import Cluster
 from tests.integration.helpers import graph_bytes, wait_job
 from tests.official import track_b_figures
@@ -30,7 +31,7 @@ PATCHES = 4
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A few track B patches; the HD timing images shrunk, so that timing each job (model and
     baseline, and the memory measurement) takes seconds, not a minute."""
-    folder = make_sample_dataset(tmp_path_factory.mktemp("batch"), Track.B, patches_per_photo=1)
+    folder = sample_dataset(tmp_path_factory.mktemp("batch"), Track.B, patches_per_photo=1)
     for hd in (folder / "HD_res").glob("*.png"):
         with Image.open(hd) as image:
             image.resize((160, 90)).save(hd)

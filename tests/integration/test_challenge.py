@@ -24,10 +24,9 @@ from services.common.transport import ServerSecurity
 from services.core.channel import ChannelSecurity
 from services.core.track import Track
 from services.scorer.challenge import load_challenge
-from services.scorer.samples import make_sample_dataset
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
-from tests.cluster import TEST_TIMING, Cluster
+from tests.cluster import TEST_TIMING, Cluster, sample_dataset
 from tests.integration.helpers import graph_bytes
 
 TOKENS = {"alpha": "alpha-token-0123456789", "beta": "beta-token-0123456789",
@@ -116,8 +115,8 @@ def hosted(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def host(cluster: Cluster, root: Path) -> Hosted:
     """A scorer running the DEFINITION's challenge on sample data made in `root`, its baseline
     jobs queued (stop its `scorer` when done)."""
-    make_sample_dataset(root, Track.A, patches_per_photo=1)
-    dped = make_sample_dataset(root, Track.B, patches_per_photo=2)
+    sample_dataset(root, Track.A, patches_per_photo=1)
+    dped = sample_dataset(root, Track.B, patches_per_photo=2)
     # The hidden test set: other pixels, and file names a team must never read.
     test = root / "dped-test"
     shutil.copytree(dped, test)

@@ -23,7 +23,8 @@ from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 from services.common.cluster import SERVICES, LocalCluster, free_port
 from services.core.channel import ChannelSecurity, open_channel
 from services.core.track import Track
-from services.scorer.samples import REPO_ROOT, make_sample_dataset
+from services.scorer.samples import REPO_ROOT
+from tests.cluster import sample_dataset
 from tests.integration.helpers import graph_bytes, scrape, total, wait_job
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "pirm.json"
@@ -143,7 +144,7 @@ def prometheus(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 def finished_job(cluster: LocalCluster, prometheus: Prometheus | None,
                  tmp_path_factory: pytest.TempPathFactory) -> scorer_pb2.Job:
     """One successful track-B job, and one refused submission (an error for the error panels)."""
-    dataset = make_sample_dataset(tmp_path_factory.mktemp("samples"), Track.B,
+    dataset = sample_dataset(tmp_path_factory.mktemp("samples"), Track.B,
                                   patches_per_photo=2)
     stub = scorer_pb2_grpc.ScorerServiceStub(open_channel(
         cluster.target("scorer"), 64, ChannelSecurity(cluster.token())))

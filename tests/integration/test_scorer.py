@@ -14,7 +14,8 @@ import pytest
 from pirm.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
 from services.core.track import Track
-from services.scorer.samples import make_sample_dataset, srcnn_graph_def
+from services.scorer.samples import srcnn_graph_def
+from tests.cluster import sample_dataset
 from tests.integration.conftest import Cluster
 from tests.integration.helpers import graph_bytes, is_serving, wait_job
 from tests.official import ImageFigures, track_a_figures, track_b_figures
@@ -117,7 +118,7 @@ def test_generated_sample_data_and_srcnn_shaped_model(
 ) -> None:
     """What `make run` does on a machine without the challenge data."""
     root = tmp_path_factory.mktemp("samples")
-    dataset = make_sample_dataset(root, track, patches_per_photo=3)
+    dataset = sample_dataset(root, track, patches_per_photo=3)
     model_path = root / "srcnn_shaped.pb"
     model_path.write_bytes(srcnn_graph_def())
     # Track B is scored as in the final phase (with a MOS), track A as in validation.
@@ -144,7 +145,7 @@ def test_generated_sample_data_and_srcnn_shaped_model(
 def test_bad_submissions_get_clear_statuses(
     cluster: Cluster, scorer_stub: Stub, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    dataset = make_sample_dataset(tmp_path_factory.mktemp("samples"), Track.B,
+    dataset = sample_dataset(tmp_path_factory.mktemp("samples"), Track.B,
                                   patches_per_photo=1)
     model = srcnn_graph_def()
 
@@ -162,7 +163,7 @@ def test_bad_submissions_get_clear_statuses(
     refused(grpc.StatusCode.INVALID_ARGUMENT, "MOS",
             **{**ok, "phase": common_pb2.PHASE_FINAL, "mos": float("nan")})
     # Track A's baseline MOS was not published: its final phase needs one configured.
-    samples_a = make_sample_dataset(dataset.parent, Track.A)
+    samples_a = sample_dataset(dataset.parent, Track.A)
     refused(grpc.StatusCode.INVALID_ARGUMENT, "--mos-ref-a", **{
         **ok, "track": common_pb2.TRACK_A, "dataset": str(samples_a),
         "phase": common_pb2.PHASE_FINAL, "mos": 3.0})
@@ -179,7 +180,7 @@ def test_bad_submissions_get_clear_statuses(
 def test_model_with_wrong_output_shape_fails_its_job(
     cluster: Cluster, scorer_stub: Stub, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    dataset = make_sample_dataset(tmp_path_factory.mktemp("samples"), Track.B,
+    dataset = sample_dataset(tmp_path_factory.mktemp("samples"), Track.B,
                                   patches_per_photo=1)
     half = graph_bytes(lambda tf, x: tf.identity(x[:, ::2, ::2, :], name="output"))
     job = wait_job(scorer_stub, submit(scorer_stub, common_pb2.TRACK_B, half, dataset).job_id)
@@ -190,7 +191,7 @@ def test_model_with_wrong_output_shape_fails_its_job(
 def test_request_id_makes_submission_idempotent(
     cluster: Cluster, scorer_stub: Stub, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    dataset = make_sample_dataset(tmp_path_factory.mktemp("samples"), Track.B,
+    dataset = sample_dataset(tmp_path_factory.mktemp("samples"), Track.B,
                                   patches_per_photo=1)
     first = submit(scorer_stub, common_pb2.TRACK_B, srcnn_graph_def(), dataset,
                    team="idem", request_id="r-1")

@@ -23,10 +23,11 @@ from services.core.timing import FIXED, TimingOptions
 from services.core.track import Track
 from services.inference.server import create_server as create_inference
 from services.metrics.server import create_server as create_metrics
-from services.scorer.samples import make_sample_dataset, srcnn_graph_def
+from services.scorer.samples import srcnn_graph_def
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from services.scorer.store import QueueLimits
+from tests.cluster import sample_dataset
 from tests.integration.conftest import TEST_TIMING, Cluster
 from tests.integration.helpers import (
     graph_bytes,
@@ -56,7 +57,7 @@ def wait_until(stub: Stub, job_id: str, done: object) -> scorer_pb2.Job:
 
 @pytest.fixture(scope="module")
 def patches(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_sample_dataset(tmp_path_factory.mktemp("patches"), Track.B, patches_per_photo=2)
+    return sample_dataset(tmp_path_factory.mktemp("patches"), Track.B, patches_per_photo=2)
 
 
 def test_cancel_queued_and_running_jobs(cluster: Cluster, scorer_stub: Stub,
@@ -286,7 +287,7 @@ def test_admission_limit_per_team_with_retry_hint(pooled: Pooled, patches: Path)
 def test_datasets_over_the_image_limit_are_refused(pooled: Pooled,
                                                    tmp_path_factory: pytest.TempPathFactory
                                                    ) -> None:
-    big = make_sample_dataset(tmp_path_factory.mktemp("big"), Track.B, patches_per_photo=30)
+    big = sample_dataset(tmp_path_factory.mktemp("big"), Track.B, patches_per_photo=30)
     assert len(list((big / "patches" / "iphone").iterdir())) > 100
     with pytest.raises(grpc.RpcError) as refused:
         submit(pooled.stub, big, srcnn_graph_def(), team="big")

@@ -36,13 +36,12 @@ from services.common.transport import ServerSecurity
 from services.core.channel import ChannelSecurity
 from services.core.track import Phase, Track
 from services.scorer.challenge import load_challenge
-from services.scorer.samples import make_sample_dataset
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
 from services.scorer.telemetry import REGISTRY
 from services.study_web.server import RunningWeb
 from services.study_web.server import create_server as create_web
-from tests.cluster import TEST_TIMING, Cluster
+from tests.cluster import TEST_TIMING, Cluster, sample_dataset
 from tests.integration.helpers import graph_bytes, scrape, total
 
 TOKENS = {"alpha": "alpha-token-0123456789", "beta": "beta-token-0123456789",
@@ -104,8 +103,8 @@ class Hosted:
 @pytest.fixture(scope="module")
 def hosted(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosted]:
     root = tmp_path_factory.mktemp("study")
-    make_sample_dataset(root, Track.A, patches_per_photo=1)
-    make_sample_dataset(root, Track.B, patches_per_photo=2)
+    sample_dataset(root, Track.A, patches_per_photo=1)
+    sample_dataset(root, Track.B, patches_per_photo=2)
     (root / "baseline.pb").write_bytes(model(1.0))
     (root / "challenge.yaml").write_text(DEFINITION)
     scorer = create_scorer("127.0.0.1:0", ScorerConfig(

@@ -17,8 +17,7 @@ from services.client import ScorerClient
 from services.common.auth import Role
 from services.common.cluster import free_port, wait_serving
 from services.core.track import Track
-from services.scorer.samples import make_sample_dataset
-from tests.cluster import supervised_cluster
+from tests.cluster import sample_dataset, supervised_cluster
 from tests.integration.helpers import inferences_of, slow_graph, wait_for
 
 KILL_AFTER_IMAGES = 8  # stored before the kill; more than the pipeline can hold unstored
@@ -31,7 +30,7 @@ def test_killed_scorer_restarts_and_finishes_its_job_once(tmp_path: Path) -> Non
     cluster = supervised_cluster(tmp_path)
     cluster.start()
     try:
-        dataset = make_sample_dataset(tmp_path, Track.B, patches_per_photo=4)
+        dataset = sample_dataset(tmp_path, Track.B, patches_per_photo=4)
         total = len(list((dataset / "patches" / "iphone").iterdir()))
         assert total > KILL_AFTER_IMAGES + IN_FLIGHT_BOUND
         scorer = cluster.target("scorer")

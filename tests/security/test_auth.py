@@ -30,10 +30,10 @@ from services.core.tensors import to_tensor
 from services.core.track import Track
 from services.inference.server import create_server as create_inference
 from services.metrics.server import create_server as create_metrics
-from services.scorer.samples import make_sample_dataset, srcnn_graph_def
+from services.scorer.samples import srcnn_graph_def
 from services.scorer.server import ScorerConfig
 from services.scorer.server import create_server as create_scorer
-from tests.cluster import TEST_TIMING
+from tests.cluster import TEST_TIMING, sample_dataset
 from tests.integration.helpers import wait_job
 from tests.security.certs import Authority, Pem
 
@@ -178,7 +178,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]:
         security=ServerSecurity(tokens, tls=ServerTls(server.cert, server.key)),
         backends=ChannelSecurity(tokens.internal_token, ca.pem.cert, scorer_client.cert,
                                  scorer_client.key)))
-    dataset = make_sample_dataset(state / "data", Track.B, patches_per_photo=1)
+    dataset = sample_dataset(state / "data", Track.B, patches_per_photo=1)
     yield SecureCluster(inference, metrics, scorer, dataset, ca, scorer_client)
     for running in (scorer, metrics, inference):
         running.stop(grace=1.0)

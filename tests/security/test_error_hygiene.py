@@ -25,9 +25,9 @@ from services.core.errors import InvalidArgument, PirmError
 from services.core.track import Phase, Track
 from services.inference.worker import call_in_fresh_process
 from services.scorer.jobs import JobSpec
-from services.scorer.samples import make_sample_dataset, srcnn_graph_def
+from services.scorer.samples import srcnn_graph_def
 from services.scorer.store import JobStore
-from tests.cluster import start_scorer
+from tests.cluster import sample_dataset, start_scorer
 from tests.integration.helpers import wait_for
 
 SECRET = "/srv/organisers/holdout-test-set/team-beta.pb"  # what no caller may see
@@ -134,7 +134,7 @@ def test_a_job_that_crashes_fails_with_an_incident_id_only(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # A store damaged by hand: text where the model's bytes should be (TypeError on reading).
     store_path = tmp_path / "scorer.db"
-    dataset = make_sample_dataset(tmp_path, Track.B, patches_per_photo=1)
+    dataset = sample_dataset(tmp_path, Track.B, patches_per_photo=1)
     store = JobStore(store_path)
     job, _ = store.create_job(JobSpec(
         track=Track.B, phase=Phase.VALIDATION, dataset=str(dataset), model_sha256="ab" * 32,

@@ -19,7 +19,8 @@ from services.core.tensors import from_tensor, to_tensor
 from services.core.track import Track
 from services.inference.engine import EngineSettings
 from services.inference.server import create_server as create_inference
-from services.scorer.samples import make_sample_dataset, srcnn_graph_def
+from services.scorer.samples import srcnn_graph_def
+from tests.cluster import sample_dataset
 from tests.integration.helpers import graph_bytes, is_serving, wait_job
 
 Stub = inference_pb2_grpc.InferenceServiceStub
@@ -141,7 +142,7 @@ def test_huge_allocation_fails_inside_the_worker(small_node: tuple[RunningServer
 
 def test_nan_output_fails_its_job_with_the_reason(scorer_stub: scorer_pb2_grpc.ScorerServiceStub,
                                                   tmp_path: Path) -> None:
-    dataset = make_sample_dataset(tmp_path, Track.B, patches_per_photo=1)
+    dataset = sample_dataset(tmp_path, Track.B, patches_per_photo=1)
     nan_model = graph_bytes(lambda tf, x: tf.identity(x + float("nan"), name="output"))
     job = scorer_stub.SubmitJob(scorer_pb2.SubmitJobRequest(
         track=common_pb2.TRACK_B, graph_def=nan_model, dataset=str(dataset), team="nan"),
