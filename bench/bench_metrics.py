@@ -210,6 +210,62 @@ def bench_msssim(
     return ours, tf_t, exact_tf, abs(ours_np.value - official.value)
 
 
+def thread_cpu_ms(fn: Callable[[], object], runs: int) -> float:
+    """Median CPU time of the calling thread per call (one warm-up call first)."""
+    fn()
+    samples = []
+    for _ in range(runs):
+        start = time.thread_time()
+        fn()
+        samples.append((time.thread_time() - start) * 1000.0)
+    return statistics.median(samples)
+
+
+def bench_stages(output: F32, target: F32, runs: int, whole_cpu_ms: float) -> None:
+    """Where the CPU time of one MS-SSIM goes, each stage alone on one thread: their sum over
+    the cores is the wall time of an idle machine at best (issue 19's 12 ms goal)."""
+    from services.metrics import kernels
+    from services.metrics.quality import FILTER_SIGMA, FILTER_SIZE, K1, K2, MSSSIM_WEIGHTS
+
+    window = kernels.gaussian_window(FILTER_SIZE, FILTER_SIGMA)
+    last = len(MSSSIM_WEIGHTS) - 1
+    pyramid: list[tuple[np.ndarray, np.ndarray]] = [(output, target)]
+    for _ in range(last):
+        x, y = pyramid[-1]
+        pyramid.append((kernels.downsample(x), kernels.downsample(y)))
+
+    def bands(scales: range) -> None:
+        for scale in scales:
+            x, y = pyramid[scale]
+            sums = np.zeros((x.shape[2], 2))
+            kernels.ssim_band(x, y, window, K1**2, K2**2, 0, x.shape[0] - FILTER_SIZE + 1, sums,
+                              scale == last)
+
+    def downsampling() -> None:
+        for x, y in pyramid[:-1]:
+            kernels.downsample(x)
+            kernels.downsample(y)
+
+    stages = [
+        (f"scale 0 ({output.shape[1]}x{output.shape[0]}): cs", lambda: bands(range(1))),
+        (f"scale 1 ({pyramid[1][0].shape[1]}x{pyramid[1][0].shape[0]}): cs",
+         lambda: bands(range(1, 2))),
+        ("scales 2-4: cs, and luminance at 4", lambda: bands(range(2, last + 1))),
+        ("downsampling (4 times, both images)", downsampling),
+    ]
+    cpus = os.cpu_count() or 1
+    print(f"\nMS-SSIM CPU time per stage, one thread each (thread_time, median of {runs})")
+    total = 0.0
+    for what, stage in stages:
+        ms = thread_cpu_ms(stage, runs)
+        total += ms
+        print(f"  {what:<40} {ms:>8.2f} ms")
+    print(f"  {'sum of the stages':<40} {total:>8.2f} ms; the whole call: {whole_cpu_ms:.2f} ms "
+          f"of CPU (all threads)")
+    print(f"  at best {total / cpus:.2f} ms wall on {cpus} idle CPUs; the goal "
+          f"{TARGET_MSSSIM_MS:g} ms needs the sum <= {TARGET_MSSSIM_MS * cpus:g} ms")
+
+
 def bench_psnr(output: F32, target: F32, runs: int) -> tuple[Timed, float]:
     import tensorflow as tf
 
@@ -325,6 +381,7 @@ def main() -> None:
           f"load average {load:.2f} at start")
     name, output, target = hd_pair(data)
     ours, tf_t, exact_tf, np_err = bench_msssim(name, output, target, args.runs)
+    bench_stages(output, target, args.runs, ours.cpu_ms)
     ours_psnr, psnr_err = bench_psnr(output, target, max(args.runs, 50))
     batch_name, pairs = dped_pairs(data, N_PATCHES)
     batch_ms, batch_err = bench_batch(batch_name, pairs, reps=5)
