@@ -306,12 +306,13 @@ class Engine:
         device = self._device(device)
         image = _as_model_input(image)
         probes = _as_probes(probes)
-        with self._alone_on(device):
-            timing, check = self._worker(device).call("benchmark", name, image, options, probes,
-                                                      models=self._sources_of(name),
-                                                      abort=abort)
+        with self._device_locks[device].exclusive():
+            with self._spare.paused():
+                timing, check = self._worker(device).call(
+                    "benchmark", name, image, options, probes, models=self._sources_of(name),
+                    abort=abort)
             measured = self._device_timing(timing, device, image, check)
-            if measure_memory:
+            if measure_memory:  # after the timing: the probe may take the spare
                 measured = replace(measured, peak_memory_mb=self._known_peak_mb(
                     name, image, device, abort))
         return measured
@@ -336,13 +337,14 @@ class Engine:
         device = self._device(device)
         image = _as_model_input(image)
         probes = _as_probes(probes)
-        with self._alone_on(device):
-            result: Comparison = self._worker(device).call(
-                "compare", name, baseline, image, options, probes,
-                models=self._sources_of(name, baseline), abort=abort,
-            )
+        with self._device_locks[device].exclusive():
+            with self._spare.paused():
+                result: Comparison = self._worker(device).call(
+                    "compare", name, baseline, image, options, probes,
+                    models=self._sources_of(name, baseline), abort=abort,
+                )
             solution = self._device_timing(result.solution, device, image, result.check)
-            if measure_memory:
+            if measure_memory:  # after the timing: the probe may take the spare
                 solution = replace(solution, peak_memory_mb=self._known_peak_mb(
                     name, image, device, abort))
         return RuntimeComparison(
@@ -392,8 +394,9 @@ class Engine:
 
     @contextlib.contextmanager
     def _alone_on(self, device: str) -> Iterator[None]:
-        """What every measurement holds: the device exclusively, and no TensorFlow import (the
-        spare's) running beside it: a spare still importing is stopped meanwhile."""
+        """What every timing holds: the device exclusively, and no TensorFlow import (the
+        spare's) running beside it: a spare still importing is stopped meanwhile (a memory
+        probe, which takes the spare, runs after the timing's block)."""
         with self._device_locks[device].exclusive(), self._spare.paused():
             yield
 

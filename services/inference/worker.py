@@ -476,7 +476,12 @@ class SpareProcess:
             warming.join()
 
     def take(self) -> tuple[multiprocessing.process.BaseProcess, Connection] | None:
-        self.wait_ready()
+        """The spare once ready; None (the caller spawns its own) if it is stopped by a
+        measurement, which waiting for it would never see the end of."""
+        with self._lock:
+            paused = self._pauses > 0
+        if not paused:
+            self.wait_ready()
         with self._lock:
             spare, self._spare = self._spare, None
         if spare is not None and not spare[0].is_alive():

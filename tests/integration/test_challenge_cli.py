@@ -11,19 +11,24 @@ import io
 import json
 import re
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+import numpy as np
 import pytest
-from pirm.v1 import scorer_pb2
+from pirm.v1 import inference_pb2, inference_pb2_grpc, scorer_pb2
 
 from services.client import ScorerClient, leaderboard_rows
+from services.core.tensors import to_tensor
 from tests.cluster import Cluster
 from tests.integration.test_challenge import TOKENS, Hosted, host, model
 from tests.integration.test_cli import PIRM
 
+InferenceStub = inference_pb2_grpc.InferenceServiceStub
 # SPEC.md section 3, track B: PSNR_base, SSIM_base, (alpha, beta, gamma) of scores A, B, C.
 PSNR_BASE, SSIM_BASE = 21.0, 0.90
 WEIGHTS = {"a": (4, 100, 2), "b": (1, 400, 2), "c": (2, 200, 2.9)}
@@ -35,6 +40,7 @@ class Commands:
     hidden test phase with aggregate results only, the SRCNN baseline), through `pirm`."""
 
     hosted: Hosted
+    release: Callable[[], object]  # ends the device hold (hold_device)
     jobs: dict[str, Any] = field(default_factory=dict)  # what one test leaves to the next
 
     @property
@@ -56,12 +62,42 @@ class Commands:
 
 
 @pytest.fixture(scope="module")
-def hosted(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Commands]:
+def hosted(cluster: Cluster, inference_stub: InferenceStub,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Commands]:
+    # The inference device held by a long timing until the first test has seen its jobs
+    # queued: the baseline jobs then take the scorer's two slots and wait for it, and the
+    # teams' jobs wait in the queue (jobs of these models take a second otherwise).
+    held = hold_device(inference_stub)
     running = host(cluster, tmp_path_factory.mktemp("hosted-cli"))
     for gain in (0.9, 0.8, 0.85):
         (running.root / f"gain-{gain}.pb").write_bytes(model(gain))
-    yield Commands(running)
+    commands = Commands(running, release=held.cancel)
+    yield commands
+    commands.release()
     running.scorer.stop(grace=1.0)
+
+
+def hold_device(stub: InferenceStub) -> grpc.Future:
+    """A Benchmark that would last ten minutes (cancel the future to end it), once it holds
+    the device: an inference call meanwhile waits past its deadline."""
+    stub.LoadModel(inference_pb2.LoadModelRequest(name="device-hold", graph_def=model(1.0)),
+                   timeout=60)
+    image = to_tensor(np.zeros((1, 16, 16, 3), np.float32))
+    held = stub.Benchmark.future(inference_pb2.BenchmarkRequest(
+        model="device-hold", input=image, options=inference_pb2.TimingOptions(
+            warmup_runs=0, min_runs=1, min_seconds=600.0, max_runs=10**9)),
+        timeout=900)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            stub.Infer(inference_pb2.InferRequest(model="device-hold", input=image), timeout=1.0)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return held
+            raise
+        time.sleep(0.1)
+    held.cancel()
+    raise AssertionError("the long Benchmark never held the inference device")
 
 
 def expected_score(row: dict[str, Any], by: str, final: bool) -> float:
@@ -106,6 +142,7 @@ def test_teams_see_the_challenge_and_submit_to_its_phases(hosted: Commands) -> N
     # Where the queued jobs stand: their place and expected start.
     queued = hosted.pirm("jury", "jobs").stdout
     assert re.search(rf"{first['job_id']} .* QUEUED .* #\d+ in queue, starts ~", queued), queued
+    hosted.release()
     hosted.jobs.update(first=first, second=second, other=other)
 
 
