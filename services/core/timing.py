@@ -18,6 +18,7 @@ STOP_WIDTH = "width"  # sequential: the ratio's interval became narrow enough
 STOP_MAX_PAIRS = "max_pairs"  # sequential: max_runs pairs, the interval still wider
 STOP_BUDGET = "max_seconds"  # sequential: max_seconds of timed runs, the interval still wider
 STOP_FIXED = "fixed"  # fixed: each side had min_runs and min_seconds of runs (or max_runs)
+STOP_CACHED = "cached baseline"  # --timing-mode cached: the model alone, a kept baseline figure
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class Stopping:
     baseline_block: int = 1  # runs of the baseline in each pair
     # The ratio's 95% interval reached, +/- relative to its centre: (high - low) / (high + low).
     width: float = 0.0
-    reason: str = ""  # width | max_pairs | fixed
+    reason: str = ""  # one of the STOP_* above; empty: not recorded
     # What an earlier timing on this node spared this one (e.g. "baseline warm-up"): never a
     # timing figure of the model itself.
     reused: tuple[str, ...] = ()

@@ -4,7 +4,6 @@ device locks that keep timing clean. TensorFlow itself runs in worker processes 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 import threading
@@ -12,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -306,13 +306,11 @@ class Engine:
         device = self._device(device)
         image = _as_model_input(image)
         probes = _as_probes(probes)
-        with self._device_locks[device].exclusive():
-            with self._spare.paused():
-                timing, check = self._worker(device).call(
-                    "benchmark", name, image, options, probes, models=self._sources_of(name),
-                    abort=abort)
+        with self._alone_on(device):
+            timing, check = self._timed(device, "benchmark", name, image, options, probes,
+                                        models=self._sources_of(name), abort=abort)
             measured = self._device_timing(timing, device, image, check)
-            if measure_memory:  # after the timing: the probe may take the spare
+            if measure_memory:
                 measured = replace(measured, peak_memory_mb=self._known_peak_mb(
                     name, image, device, abort))
         return measured
@@ -323,8 +321,8 @@ class Engine:
         device = self._device(device)
         images = [_as_model_input(image) for image in images]
         with self._alone_on(device):
-            timing: Timing = self._worker(device).call("benchmark_pirm2018", name, images,
-                                                       models=self._sources_of(name))
+            timing: Timing = self._timed(device, "benchmark_pirm2018", name, images,
+                                         models=self._sources_of(name))
         return self._device_timing(timing, device, images[0])
 
     def compare(
@@ -337,14 +335,13 @@ class Engine:
         device = self._device(device)
         image = _as_model_input(image)
         probes = _as_probes(probes)
-        with self._device_locks[device].exclusive():
-            with self._spare.paused():
-                result: Comparison = self._worker(device).call(
-                    "compare", name, baseline, image, options, probes,
-                    models=self._sources_of(name, baseline), abort=abort,
-                )
+        with self._alone_on(device):
+            result: Comparison = self._timed(
+                device, "compare", name, baseline, image, options, probes,
+                models=self._sources_of(name, baseline), abort=abort,
+            )
             solution = self._device_timing(result.solution, device, image, result.check)
-            if measure_memory:  # after the timing: the probe may take the spare
+            if measure_memory:
                 solution = replace(solution, peak_memory_mb=self._known_peak_mb(
                     name, image, device, abort))
         return RuntimeComparison(
@@ -375,8 +372,7 @@ class Engine:
     def _memory_key(self, name: str, image: np.ndarray,
                     device: str) -> tuple[str, str, str, tuple[int, ...], str]:
         (source,) = self._sources_of(name)
-        digest = hashlib.sha256(source.data).hexdigest()
-        return digest, source.input_tensor, source.output_tensor, tuple(image.shape), device
+        return source.sha256, source.input_tensor, source.output_tensor, tuple(image.shape), device
 
     def _known_peak_mb(self, name: str, image: np.ndarray, device: str,
                        abort: threading.Event | None = None) -> float:
@@ -394,11 +390,18 @@ class Engine:
 
     @contextlib.contextmanager
     def _alone_on(self, device: str) -> Iterator[None]:
-        """What every timing holds: the device exclusively, and no TensorFlow import (the
-        spare's) running beside it: a spare still importing is stopped meanwhile (a memory
-        probe, which takes the spare, runs after the timing's block)."""
-        with self._device_locks[device].exclusive(), self._spare.paused():
+        """What every measurement holds: the device exclusively (a timing, then maybe the
+        memory probe, which must not run beside another timing either)."""
+        with self._device_locks[device].exclusive():
             yield
+
+    def _timed(self, device: str, method: str, *args: Any, models: tuple[ModelSource, ...],
+               abort: threading.Event | None = None) -> Any:
+        """A timing call on the device's worker, with no TensorFlow import running beside it:
+        a spare still importing is stopped meanwhile (not waited for). Outside the pause, the
+        memory probe after it may take that spare."""
+        with self._spare.paused():
+            return self._worker(device).call(method, *args, models=models, abort=abort)
 
     def worker_restarts(self) -> int:
         with self._lock:

@@ -161,7 +161,7 @@ class ModelRuntime:
         # warm-up runs, and more follow while its runs still speed up. Only warm-up is spared:
         # every timed figure is measured anew.
         shape = tuple(image.shape)
-        warm = [m.timed_shapes.__contains__(shape) for m in (model, base)]
+        warm = [shape in m.timed_shapes for m in (model, base)]
         warmups = [min(options.warmup_runs, REWARM_RUNS) if w else options.warmup_runs
                    for w in warm]
         comparison = measure_interleaved(lambda: last.run(image), lambda: base.run(image),

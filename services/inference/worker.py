@@ -9,6 +9,8 @@ gRPC server exists, unlike fork.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -86,6 +88,12 @@ class ModelSource:
     def load_args(self) -> tuple[Any, ...]:
         return (self.name, self.data, self.input_tensor, self.output_tensor, self.max_bytes,
                 self.max_nodes)
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """Of the model's bytes, hashed once per loaded model (what memory figures are kept
+        by: a model's peak on an input size is a property of its graph)."""
+        return hashlib.sha256(self.data).hexdigest()
 
 
 @dataclass(frozen=True)

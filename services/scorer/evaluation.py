@@ -19,6 +19,7 @@ import numpy as np
 from services.core.errors import Cancelled, FailedPrecondition, InvalidArgument
 from services.core.quality import PairQuality, QualityOptions
 from services.core.timing import (
+    STOP_CACHED,
     DeviceTiming,
     RuntimeComparison,
     Stopping,
@@ -291,7 +292,7 @@ class Evaluation:
             ratio_ci95_low=low,
             ratio_ci95_high=high,
             stopping=Stopping(protocol=options.protocol, width=relative_width(low, high),
-                              reason="cached baseline"),
+                              reason=STOP_CACHED),
         ))
 
     def _trusted(self, comparison: RuntimeComparison) -> RuntimeComparison:
